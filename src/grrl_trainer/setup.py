@@ -1,0 +1,32 @@
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'grrl_trainer'
+# launch/, urdf/ and config/ live at the top of the repository; they are installed into
+# this package's share so that $(find-pkg-share grrl_trainer) finds them.
+REPO = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob(os.path.join(REPO, 'launch', '*.launch.xml'))),
+        ('share/' + package_name + '/config', glob(os.path.join(REPO, 'config', '*.yaml'))),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='GR-RL maintainers',
+    maintainer_email='grrl@example.org',
+    description='GR-RL application package: datasets and episode recording, mirror augmentation, BC and online steering-RL training, the episode node, and grrl-launch (a pip-only runner of the launch/ files).',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'grrl-launch = grrl_trainer.launcher:main',
+        ],
+    },
+)
