@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import yaml
 
@@ -287,13 +287,15 @@ def resolve_file(positional: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="grrl-launch",
+        usage="grrl-launch [options] FILE | PACKAGE FILE [name:=value ...]",
         description="Run a ROS 2 XML launch file (the same files `ros2 launch` runs) on a "
                     "pip-only ROS 2 install: each node in its own process.",
         epilog="examples:\n  grrl-launch launch/sim.launch.xml episodes:=3\n"
                "  grrl-launch grrl_trainer sim.launch.xml --print",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", nargs="+", metavar="FILE|PACKAGE FILE [name:=value ...]",
-                        help="launch file (or package and file name) and launch arguments")
+    parser.add_argument("target", nargs="+", metavar="ARG",
+                        help="launch file (or package and file name), then name:=value "
+                             "launch arguments")
     parser.add_argument("--print", "-p", action="store_true",
                         help="print the resolved graph and exit without starting anything")
     parser.add_argument("--show-args", "-s", action="store_true",
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, help="where per-process logs go "
                         "(default: $ROS_HOME/log/grrl-launch/<time>)")
     parser.add_argument("--quiet", "-q", action="store_true", help="only warnings from the launcher")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[grrl-launch] %(levelname)s: %(message)s")
     positional = [t for t in args.target if ":=" not in t]
