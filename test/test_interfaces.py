@@ -62,3 +62,5 @@ def test_messages_service_and_action_cross_processes(processes, ros_node):
     wait_until(lambda: len(feedback) == 2, 10, "two feedback messages")
     assert [f.stage for f in feedback] == [1, 2]
     assert feedback[1].progress == pytest.approx(0.5)
+    action.destroy()
+    ros_node.node.destroy_client(client)

@@ -218,7 +218,7 @@ class RosTestNode:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)
         self.node.destroy_node()
         if self.context.ok():
             self._rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
