@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 "${GRRL_PYTHON:-python3.11}" -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt"
+"$tmp/venv/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "$tmp/venv/bin/python" - "$ROOT/requirements.lock" <<'PY'
 import importlib.metadata as md
 import pathlib

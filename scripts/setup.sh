@@ -28,8 +28,7 @@ fi
 lock_sum="$(sha256sum requirements.lock | cut -d' ' -f1)"
 if [ "$(cat .venv/.grrl-lock.sha256 2>/dev/null)" != "$lock_sum" ]; then
   say "installing pinned dependencies (requirements.lock; first time takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.lock
+    .venv/bin/python -m pip install --quiet -r requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
   echo "$lock_sum" > .venv/.grrl-lock.sha256
 fi
 
@@ -67,7 +66,9 @@ export GRRL_ROOT="$ROOT"
 export VIRTUAL_ENV="\$GRRL_ROOT/.venv"
 export PATH="\$VIRTUAL_ENV/bin${lib_paths}:\$PATH"
 export AMENT_PREFIX_PATH="\$VIRTUAL_ENV"
-. "\$GRRL_ROOT/install/local_setup.sh"
+# colcon's script reads unset variables; do not let a caller's \`set -u\` abort it
+case \$- in *u*) set +u; . "\$GRRL_ROOT/install/local_setup.sh"; set -u ;;
+  *) . "\$GRRL_ROOT/install/local_setup.sh" ;; esac
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_HOME="\$GRRL_ROOT/.ros"

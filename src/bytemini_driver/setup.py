@@ -25,6 +25,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
+            'grrl-urdf = bytemini_driver.description:main',
         ],
     },
 )
