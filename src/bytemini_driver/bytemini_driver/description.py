@@ -184,9 +184,10 @@ def _left_arm() -> tuple[list[Link], list[Joint]]:
     lim = ARM_LIMITS
     axes = {"shoulder_pitch": (0, 1, 0), "shoulder_roll": (1, 0, 0), "shoulder_yaw": (0, 0, 1),
             "elbow": (0, 1, 0), "wrist_yaw": (0, 0, 1), "wrist_pitch": (0, 1, 0),
-            "wrist_roll": (1, 0, 0)}
-    # Zero configuration: arm hanging straight down. The last three axes (yaw, pitch, roll)
-    # meet at one point, the spherical wrist centre, FOREARM below the elbow.
+            "wrist_roll": (0, 0, 1)}
+    # Zero configuration: arm hanging straight down. The last three axes (yaw, pitch, roll:
+    # z-y-z) meet at one point, the spherical wrist centre, FOREARM below the elbow; the roll
+    # axis is the tool axis, so the gripper spins about its own axis.
     offsets = {"shoulder_pitch": (0, 0, 0), "shoulder_roll": (0, 0, 0),
                "shoulder_yaw": (0, 0, -UPPER_ARM / 2), "elbow": (0, 0, -UPPER_ARM / 2),
                "wrist_yaw": (0, 0, -FOREARM), "wrist_pitch": (0, 0, 0), "wrist_roll": (0, 0, 0)}

@@ -20,7 +20,7 @@ class IKConfig:
     """Differential-IK settings."""
 
     position_cost: float = 1.0
-    orientation_cost: float = 0.3
+    orientation_cost: float = 1.0
     posture_cost: float = 2e-3
     """pull towards the home posture (resolves the 7th DoF)"""
     damping: float = 1e-4

@@ -32,9 +32,9 @@ class SceneConfig:
 
     timestep: float = 0.002
     """physics step (s); the flex lace is stable at 2 ms"""
-    lace_vertices: int = 31
+    lace_vertices: int = 41
     """points of the 1-D flexcomp lace"""
-    lace_length: float = 0.60
+    lace_length: float = 0.80
     """rest length of the whole lace (m)"""
     lace_radius: float = 0.002
     """lace radius (m)"""
@@ -103,12 +103,18 @@ def shoe_frame(xy: tuple[float, float], yaw: float) -> np.ndarray:
 
 
 def eyelet_local(config: SceneConfig, side: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centre and axis of an eyelet in the shoe frame; the axis points to the shoe's centre
-    line, the direction a lace end is pushed through it from outside."""
+    """Centre and ring normal (+y of the shoe) of an eyelet in the shoe frame."""
     n = config.eyelets_per_side
     x = (index - (n - 1) / 2) * config.eyelet_spacing
     y = side_sign(side) * config.eyelet_row_offset
-    return np.array([x, y, config.eyelet_height]), np.array([0.0, -side_sign(side), 0.0])
+    return np.array([x, y, config.eyelet_height]), np.array([0.0, 1.0, 0.0])
+
+
+def threading_direction_local(end_side: str) -> np.ndarray:
+    """Direction a lace end is pushed through an eyelet, shoe frame: away from the side the
+    end lies on (the left end goes left-to-right, through the outside of a left eyelet or the
+    inside of a right one), as a lacer works from the end's side."""
+    return np.array([0.0, -side_sign(end_side), 0.0])
 
 
 def lace_anchor_local() -> np.ndarray:
@@ -127,8 +133,8 @@ def _resample(polyline: np.ndarray, n: int) -> np.ndarray:
 def _lace_half(rng: np.random.Generator, sign: float, length: float, radius: float) -> np.ndarray:
     """A polyline of ~``length`` from the anchor down to the table and towards the robot."""
     a = lace_anchor_local()
-    p1 = np.array([0.15, sign * 0.06, radius])
-    end = np.array([-0.10 + rng.uniform(-0.02, 0.02), sign * (0.11 + rng.uniform(-0.015, 0.02)),
+    p1 = np.array([0.16, sign * 0.07, radius])
+    end = np.array([-0.13 + rng.uniform(-0.02, 0.02), sign * (0.15 + rng.uniform(-0.015, 0.02)),
                     radius])
     # fit the length by bending the middle outwards
     for bulge in np.linspace(0.0, 0.2, 200):
@@ -315,7 +321,15 @@ def build_model(config: SceneConfig | None = None) -> tuple[mujoco.MjModel, Scen
         # MuJoCo cameras look along -z with y up; an optical frame looks along +z, y down.
         optical.add_camera(name=cam, fovy=config.head_fovy if cam == "head" else config.wrist_fovy,
                            quat=[0.0, 1.0, 0.0, 0.0])
+    robot_bodies = {b.name for b in robot.bodies}
     spec = mujoco.MjSpec.from_string(_merge_robot(_scene_xml(config), robot.to_xml()))
+    # Contact groups: the robot (2) touches the scene and the lace but not itself; the scene
+    # (1) touches everything. The lace keeps the defaults (1, 1).
+    for geom in spec.geoms:
+        if geom.parent.name in robot_bodies:
+            geom.contype, geom.conaffinity = 2, 1
+        else:
+            geom.conaffinity = 3
     for side in desc.SIDES:
         for i, name in enumerate(desc.arm_joint_names(side)):
             lo, hi, _vel, effort = desc.ARM_LIMITS[desc.ARM_JOINTS[i]]
