@@ -43,6 +43,8 @@ class ExpertConfig:
     """tip distance past the eyelet plane after insertion (m)"""
     pull_length: float = 0.12
     """lace length to pull through the eyelet before putting the end down (m)"""
+    clear_distance: float = 0.11
+    """how far past the eyelet (along the threading direction) the end is put down (m)"""
     grip_time: float = 0.35
     """seconds to close or open a gripper"""
     grasp_vertex: int = 2
@@ -68,6 +70,7 @@ class _Move:
     start: np.ndarray      # (4,) x, y, z, yaw
     goal: np.ndarray
     duration: float
+    t: float = 0.0
 
 
 class ScriptedExpert:
@@ -95,6 +98,9 @@ class ScriptedExpert:
         self.q = np.asarray(q, float).copy()
         self.ik.set_posture(self.q)
         self.home = {s: self._pose4(s) for s in desc.SIDES}
+        # every arm always tracks a fixed goal; re-reading an idle arm's pose each period
+        # would let the posture task walk it away (a held aglet would drift off the eyelet)
+        self.target = {s: self.home[s].copy() for s in desc.SIDES}
         self.grip = {s: OPEN for s in desc.SIDES}
         self.phase_i = -1
         self.moves: list[_Move] = []
@@ -121,12 +127,16 @@ class ScriptedExpert:
         return self.phases[self.phase_i][0] if 0 <= self.phase_i < len(self.phases) else "done"
 
     def _pose4(self, side: str) -> np.ndarray:
+        """The commanded tcp pose (x, y, z, yaw) of ``side``."""
+        if hasattr(self, "target"):
+            return self.target[side].copy()
         T = self.ik.fk(self.q, side)
         return np.array([*T[:3, 3], yaw_of(T[:3, :3])])
 
     # ----------------------------------------------------------------------- phases
     def _move(self, side: str, goal: np.ndarray, speed: float | None = None) -> float:
-        start = self._pose4(side)
+        queued = [m for m in self.moves if m.side == side]
+        start = queued[-1].goal.copy() if queued else self.target[side].copy()
         goal = goal.copy()
         goal[3] = start[3] + wrap(goal[3] - start[3])
         dist = np.linalg.norm(goal[:3] - start[:3])
@@ -216,7 +226,9 @@ class ScriptedExpert:
 
     def _put_down(self, lace: np.ndarray) -> float:
         cur = self._pose4(self.receiver)
-        goal = cur[:3] - 0.02 * self.axis   # give back a little slack on the way down
+        # set the end down beside the shoe: at least clear_distance past the eyelet
+        along = (cur[:3] - self.center) @ self.axis
+        goal = cur[:3] + max(self.config.clear_distance - along, 0.0) * self.axis
         goal[2] = TABLE_HEIGHT + 0.012
         return self._move(self.receiver, np.array([*goal, cur[3]]), 0.06)
 
@@ -240,22 +252,19 @@ class ScriptedExpert:
             self.phase_start = self.t
             self.phase_end = self.t + self.phases[self.phase_i][1](lace)
         self.t += self.dt
-        targets = {}
         # moves of one side run one after another; the two sides run together
         for side in desc.SIDES:
             queue = [m for m in self.moves if m.side == side]
             if not queue:
                 continue
             m = queue[0]
-            m_t = getattr(m, "t", 0.0) + self.dt
-            m.t = m_t  # type: ignore[attr-defined]
-            s = min_jerk(m_t / m.duration)
-            p = m.start + s * (m.goal - m.start)
-            targets[side] = pose_matrix(p[:3], yaw_down(p[3]))
-            if m_t >= m.duration:
+            m.t += self.dt
+            self.target[side] = m.start + min_jerk(m.t / m.duration) * (m.goal - m.start)
+            if m.t >= m.duration:
                 self.moves.remove(m)
-        if targets:
-            self.q = self.ik.solve(self.q, targets, self.dt, iterations=2)
+        targets = {s: pose_matrix(self.target[s][:3], yaw_down(self.target[s][3]))
+                   for s in desc.SIDES}
+        self.q = self.ik.solve(self.q, targets, self.dt, iterations=2)
         return self._with_grips(self.q)
 
     def _with_grips(self, q: np.ndarray) -> np.ndarray:

@@ -199,7 +199,7 @@ def _shoe_xml(config: SceneConfig) -> str:
             post_top = c[2] - r - tube
             parts.append(f'<geom name="{name}_post" type="capsule" size="0.003" '
                          f'fromto="{c[0]} {c[1]} 0.06 {c[0]} {c[1]} {post_top:.4f}" '
-                         f'rgba="0.75 0.75 0.8 1"/>')
+                         f'rgba="0.75 0.75 0.8 1" friction="0.15 0.005 0.0001" priority="1"/>')
             # ring in the x-z plane (axis along y), built from k capsules
             for j in range(k):
                 a0, a1 = 2 * math.pi * j / k, 2 * math.pi * (j + 1) / k
@@ -207,7 +207,7 @@ def _shoe_xml(config: SceneConfig) -> str:
                 p1 = c + r * np.array([math.cos(a1), 0, math.sin(a1)])
                 parts.append(f'<geom name="{name}_ring{j}" type="capsule" size="{tube}" '
                              f'fromto="{" ".join(f"{v:.5f}" for v in np.r_[p0, p1])}" '
-                             f'rgba="0.8 0.8 0.85 1"/>')
+                             f'rgba="0.8 0.8 0.85 1" friction="0.15 0.005 0.0001" priority="1"/>')
             parts.append(f'<site name="{name}" pos="{c[0]} {c[1]} {c[2]}" size="0.002" '
                          f'zaxis="{axis[0]} {axis[1]} {axis[2]}" rgba="0 1 0 0.3"/>')
     a = lace_anchor_local()
@@ -323,11 +323,12 @@ def build_model(config: SceneConfig | None = None) -> tuple[mujoco.MjModel, Scen
                            quat=[0.0, 1.0, 0.0, 0.0])
     robot_bodies = {b.name for b in robot.bodies}
     spec = mujoco.MjSpec.from_string(_merge_robot(_scene_xml(config), robot.to_xml()))
-    # Contact groups: the robot (2) touches the scene and the lace but not itself; the scene
-    # (1) touches everything. The lace keeps the defaults (1, 1).
+    # Contact groups: the robot (contype 2) touches the table and shoe (conaffinity 3) but
+    # neither itself nor the lace (contype 1, conaffinity 1): the lace is held by grasp
+    # constraints, and finger-lace contacts would only fight them.
     for geom in spec.geoms:
         if geom.parent.name in robot_bodies:
-            geom.contype, geom.conaffinity = 2, 1
+            geom.contype, geom.conaffinity = 2, 0
         else:
             geom.conaffinity = 3
     for side in desc.SIDES:
