@@ -40,6 +40,8 @@ def test_include_let_group_if_unless(testpkg: Path, launch_dir: Path):
     assert [p.name for p in one.processes] == ["fleet.a.talker", "oneshot"]
     two = load_launch_file(launch_dir / "outer.launch.xml", {"use_second": "true"})
     assert [p.namespace for p in two.processes] == ["/fleet/a", "/fleet/b"]
+    # ROS 2 launch semantics: the first include's arg values stay set for the second one
+    assert two.processes[1].params[1] == {"greeting": "included"}
     # a command-line argument reaches the included files, unless the include sets it
     three = load_launch_file(launch_dir / "outer.launch.xml", {"topic": "elsewhere"})
     assert three.processes[0].remaps == [("chatter", "elsewhere")]
@@ -74,7 +76,8 @@ def test_argument_errors(testpkg: Path, launch_dir: Path, tmp_path: Path):
     with pytest.raises(LaunchError, match=r"unknown launch argument\(s\) \['nope'\]"):
         load_launch_file(launch_dir / "talker.launch.xml", {"nope": "1"})
     f = tmp_path / "req.launch.xml"
-    f.write_text('<launch><arg name="robot" choices="a|b"/></launch>')
+    f.write_text('<launch><arg name="robot"><choice value="a"/><choice value="b"/></arg>'
+                 '</launch>')
     with pytest.raises(LaunchError, match="required launch argument 'robot'"):
         load_launch_file(f)
     with pytest.raises(LaunchError, match=r"must be one of \['a', 'b'\]"):
@@ -88,7 +91,9 @@ def test_argument_errors(testpkg: Path, launch_dir: Path, tmp_path: Path):
     ("<launch><node pkg='a'", "malformed XML"),
     ("<notlaunch/>", "root element must be <launch>"),
     ("<launch><timer period='1'/></launch>", "unsupported tag <timer>"),
+    ("<launch><set-env name='A' value='1'/></launch>", "unsupported tag <set-env>"),
     ("<launch><let name='x' value='$(eval 1+1)'/></launch>", r"unsupported substitution '\$\(eval"),
+    ("<launch><let name='x' value='$(optenv A)'/></launch>", r"unsupported substitution '\$\(optenv"),
     ("<launch><let name='x' value='$(var y'/></launch>", "unbalanced"),
     ("<launch><group if='maybe'/></launch>", "expected true/false"),
 ])
@@ -102,7 +107,7 @@ def test_malformed_files(tmp_path: Path, text: str, match: str):
 def test_substitutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("GRRL_X", "ex")
     ctx = Context(tmp_path / "f.launch.xml", {"a": "true", "b": "false", "n": "grrl_trainer"})
-    assert ctx.subst("$(env GRRL_X)-$(env GRRL_NOPE dflt)-[$(optenv GRRL_NOPE)]") == "ex-dflt-[]"
+    assert ctx.subst("$(env GRRL_X)-$(env GRRL_NOPE dflt)") == "ex-dflt"
     assert ctx.subst("$(not $(var a)) $(and $(var a) $(var b)) $(or $(var a) $(var b))") == \
         "false false true"
     assert ctx.subst("$(equals $(var a) true) $(not-equals x y)") == "true true"

@@ -7,15 +7,20 @@ is its front end. It understands the subset of the XML launch format our files u
 everything else with an error that names the tag or substitution, so a file never runs half
 understood:
 
-* tags: ``launch``, ``arg``, ``let``, ``include`` (of XML files, with ``arg`` children),
-  ``group`` (``scoped``), ``push-ros-namespace``/``push_ros_namespace``, ``set-env``/``set_env``,
-  ``node`` (``param``, ``remap``, ``env`` children), ``executable`` (``env`` children);
+* tags: ``launch``, ``arg`` (``choice`` children), ``let``, ``include`` (of XML files, with
+  ``arg`` children), ``group`` (``scoped``), ``push-ros-namespace``/``push_ros_namespace``,
+  ``set_env``, ``node`` (``param``, ``remap``, ``env`` children), ``executable`` (``env``);
 * attributes ``if``/``unless`` on every action; on ``node``/``executable``: ``output``,
   ``on_exit="shutdown"`` (a required process), ``respawn``, ``respawn_delay``, ``args``,
   ``ros_args``, ``sigterm_timeout``, ``sigkill_timeout``;
-* substitutions: ``var``, ``env``, ``optenv``, ``find-pkg-share``, ``find-pkg-prefix``,
-  ``find-exec``, ``dirname``, ``filename``, ``anon``, ``not``, ``and``, ``or``, ``equals``,
-  ``not-equals``.
+* substitutions: ``var``, ``env``, ``find-pkg-share``, ``find-pkg-prefix``, ``find-exec``,
+  ``dirname``, ``filename``, ``anon``, ``not``, ``and``, ``or``, ``equals``, ``not-equals``.
+
+Semantics follow ROS 2 ``launch`` (checked against launch 3.7 / launch_ros 0.28), including
+that an ``<include>``'s ``<arg>`` values stay set in the including file afterwards. Where we are
+deliberately stricter: an unknown command-line argument, a missing parameter file and an
+unknown executable are errors before anything starts (``ros2 launch`` ignores the first, only
+warns about the second, and starts the nodes before the bad one for the third).
 
 This module has no ROS import besides ``ament_index_python`` (package lookup).
 """
@@ -188,10 +193,6 @@ class Context:
                 raise LaunchError(f"environment variable '{a[0]}' is not set")
             return val
 
-        def optenv(a: list[str]) -> str:
-            self._nargs("optenv", a, 1, 2)
-            return self.env.get(a[0], os.environ.get(a[0], a[1] if len(a) == 2 else ""))
-
         def find_exec(a: list[str]) -> str:
             self._nargs("find-exec", a, 1)
             found = shutil.which(a[0])
@@ -215,7 +216,7 @@ class Context:
             return "true" if a[0] == a[1] else "false"
 
         return {
-            "var": var, "env": env, "optenv": optenv, "find-exec": find_exec, "anon": anon,
+            "var": var, "env": env, "find-exec": find_exec, "anon": anon,
             "find-pkg-share": lambda a: str(package_prefix(self._one("find-pkg-share", a))
                                             / "share" / a[0]),
             "find-pkg-prefix": lambda a: str(package_prefix(self._one("find-pkg-prefix", a))),
@@ -294,6 +295,11 @@ def _yaml_value(text: str) -> Any:
 
 
 class _Parser:
+    #: XML tag -> handler suffix; the spellings ``ros2 launch`` accepts.
+    TAGS = {"arg": "arg", "let": "let", "set_env": "set_env", "group": "group",
+            "include": "include", "node": "node", "executable": "executable",
+            "push-ros-namespace": "push_ros_namespace", "push_ros_namespace": "push_ros_namespace"}
+
     def __init__(self, overrides: dict[str, str]):
         self.overrides = overrides
         self.processes: list[ProcessSpec] = []
@@ -338,10 +344,11 @@ class _Parser:
         for el in parent:
             if not isinstance(el.tag, str):  # comments
                 continue
-            tag = el.tag.replace("_", "-")
-            handler = getattr(self, "tag_" + tag.replace("-", "_"), None)
+            tag = self.TAGS.get(el.tag)
+            handler = getattr(self, "tag_" + tag, None) if tag else None
             if handler is None:
-                raise LaunchError(f"{ctx.file}: unsupported tag <{el.tag}>")
+                raise LaunchError(f"{ctx.file}: unsupported tag <{el.tag}> (supported: "
+                                  f"{', '.join(sorted(self.TAGS))})")
             if tag == "arg":
                 handler(el, ctx, top)  # an arg is declared even under a false condition
             elif self.cond(ctx, el):
@@ -361,8 +368,8 @@ class _Parser:
         else:
             raise LaunchError(f"{ctx.file}: required launch argument '{name}' not provided "
                               f"(pass {name}:=VALUE)")
-        if "choices" in el.attrib:
-            choices = [c.strip() for c in el.attrib["choices"].split("|")]
+        choices = [c.attrib.get("value", "") for c in el if c.tag == "choice"]
+        if choices:
             if ctx.configs[name] not in choices:
                 raise LaunchError(f"{ctx.file}: argument '{name}' is '{ctx.configs[name]}', "
                                   f"must be one of {choices}")
@@ -387,11 +394,12 @@ class _Parser:
         target = Path(ctx.subst(el.attrib.get("file")))
         if not target.is_absolute():
             target = ctx.file.parent / target
-        inner = ctx.child()
         for a in el:
             if a.tag != "arg":
                 raise LaunchError(f"{ctx.file}: unsupported tag <{a.tag}> inside <include>")
-            inner.configs[a.attrib["name"]] = ctx.subst(a.attrib.get("value", ""))
+            # as in ROS 2 launch, these stay set in the including scope afterwards
+            ctx.configs[a.attrib["name"]] = ctx.subst(a.attrib.get("value", ""))
+        inner = ctx.child()
         self.load(target, inner, top=False)
 
     def _unique(self, label: str) -> str:
