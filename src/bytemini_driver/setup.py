@@ -26,6 +26,11 @@ setup(
     entry_points={
         'console_scripts': [
             'grrl-urdf = bytemini_driver.description:main',
+            'driver_node = bytemini_driver.driver_node:main',
+            'expert_node = bytemini_driver.expert_node:main',
+        ],
+        'bytemini_driver.backends': [
+            'mujoco = bytemini_driver.mujoco_backend:MujocoDriver',
         ],
     },
 )

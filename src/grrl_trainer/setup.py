@@ -27,6 +27,9 @@ setup(
     entry_points={
         'console_scripts': [
             'grrl-launch = grrl_trainer.launcher:main',
+            'grrl-run-episodes = grrl_trainer.run_episodes:main',
+            'run_episodes = grrl_trainer.run_episodes:main',
+            'episode_node = grrl_trainer.episode_node:main',
         ],
     },
 )

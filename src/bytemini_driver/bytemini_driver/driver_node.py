@@ -1,0 +1,315 @@
+"""The ByteMini-v2 driver as a ROS 2 lifecycle node; the backend is a parameter.
+
+configure: load the backend (acquire the robot / build the simulator) and create publishers;
+activate: start the control loop; deactivate: stop it (the robot holds); cleanup: release.
+
+Topics (relative, so a namespace per robot works):
+  bytemini/joint_states (JointState), bytemini/{left,right}/tcp_pose (PoseStamped),
+  bytemini/camera/<cam>/image_raw (Image, sensor-data QoS) and .../camera_info,
+  bytemini/command/joint_trajectory (JointTrajectory, subscribed, RELIABLE),
+  bytemini/sim/task_state (TaskState, simulators), /clock (simulators),
+  service bytemini/reset_scene (ResetScene).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, PoseStamped, Vector3
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from bytemini_driver import description as desc
+from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
+from bytemini_driver.image_codec import encode_raw
+from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
+from grrl_interfaces.msg import TaskState
+from grrl_interfaces.srv import ResetScene
+
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def to_time(t: float) -> Time:
+    sec = int(math.floor(t))
+    return Time(sec=sec, nanosec=int((t - sec) * 1e9))
+
+
+def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, z, w) of a rotation matrix."""
+    import mujoco
+
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, np.ascontiguousarray(R).flatten())
+    return float(q[1]), float(q[2]), float(q[3]), float(q[0])
+
+
+class DriverNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__("bytemini_driver")
+        self.declare_parameter("backend", "mujoco")
+        self.declare_parameter("control_rate", 50.0)
+        self.declare_parameter("camera_rate", 10.0)
+        self.declare_parameter("image_width", 224)
+        self.declare_parameter("image_height", 224)
+        self.declare_parameter("publish_images", True)
+        self.declare_parameter("real_time_factor", 1.0)
+        self.declare_parameter("watchdog_timeout", 1.0)
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("autostart", False)
+        self.driver: RobotDriver | None = None
+        self.timer = None
+        self.names = desc.actuated_joint_names()
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        p = {n: self.get_parameter(n).value for n in (
+            "backend", "control_rate", "camera_rate", "image_width", "image_height",
+            "publish_images", "real_time_factor", "watchdog_timeout", "seed")}
+        try:
+            self.driver = load_backend(p["backend"])
+            self.driver.configure(p, node=self)
+            self.limits = self.driver.joint_limits()
+        except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
+            self.get_logger().error(f"configure failed: {exc}")
+            self.driver = None
+            return TransitionCallbackReturn.FAILURE
+        self.params = p
+        self.dt = 1.0 / float(p["control_rate"])
+        self.camera_every = max(1, round(float(p["control_rate"]) / float(p["camera_rate"])))
+        self.follower = TrajectoryFollower(len(self.names))
+        q, _ = self.driver.joint_state()
+        self.target = q.copy()
+        self.follower.hold(q)
+        self.last_command_time = -math.inf
+        self.tick = 0
+        self.pub_js = self.create_lifecycle_publisher(JointState, "bytemini/joint_states", 10)
+        self.pub_tcp = {s: self.create_lifecycle_publisher(PoseStamped, f"bytemini/{s}/tcp_pose",
+                                                           10) for s in desc.SIDES}
+        self.pub_img = {c: self.create_lifecycle_publisher(
+            Image, f"bytemini/camera/{c}/image_raw", qos_profile_sensor_data)
+            for c in desc.CAMERAS}
+        self.pub_info = {c: self.create_lifecycle_publisher(
+            CameraInfo, f"bytemini/camera/{c}/camera_info", qos_profile_sensor_data)
+            for c in desc.CAMERAS}
+        self.pub_task = self.create_lifecycle_publisher(TaskState, "bytemini/sim/task_state", 10)
+        self.pub_clock = self.create_lifecycle_publisher(Clock, "/clock", 10) \
+            if self.driver.simulated else None
+        self.sub_cmd = self.create_subscription(JointTrajectory,
+                                                "bytemini/command/joint_trajectory",
+                                                self.on_command, COMMAND_QOS)
+        self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene", self.on_reset)
+        self.get_logger().info(f"configured backend '{p['backend']}'")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        rtf = float(self.params["real_time_factor"])
+        period = self.dt / rtf if rtf > 0 else 1e-4
+        self.timer = self.create_timer(period, self.on_tick)
+        self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor "
+                               f"{rtf if rtf > 0 else 'max'}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        if self.driver is not None:
+            q, _ = self.driver.joint_state()
+            self.follower.hold(q)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        for name in ("sub_cmd", "srv_reset"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                (self.destroy_subscription if name == "sub_cmd" else self.destroy_service)(handle)
+                setattr(self, name, None)
+        for name in ("pub_js", "pub_task", "pub_clock"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        for group in ("pub_tcp", "pub_img", "pub_info"):
+            for pub in getattr(self, group, {}).values():
+                self.destroy_lifecycle_publisher(pub)
+            setattr(self, group, {})
+        if self.driver is not None:
+            self.driver.cleanup()
+            self.driver = None
+
+    # ------------------------------------------------------------------- commands
+    def now_s(self) -> float:
+        return self.driver.time() if self.driver is not None and self.driver.simulated \
+            else time.monotonic()
+
+    def on_command(self, msg: JointTrajectory) -> None:
+        if self.driver is None or self.timer is None:
+            self.get_logger().warn("command ignored: driver not active")
+            return
+        try:
+            points = [Waypoint(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
+                               np.asarray(p.positions, float),
+                               np.asarray(p.velocities, float) if len(p.velocities) else None,
+                               np.asarray(p.accelerations, float) if len(p.accelerations)
+                               else None) for p in msg.points]
+            traj = validate(list(msg.joint_names), points, self.limits)
+        except TrajectoryError as exc:
+            self.get_logger().error(f"rejected command, holding position: {exc}")
+            self.follower.hold(self.target)
+            return
+        now = self.now_s()
+        self.follower.start(traj, now, self.target)
+        self.last_command_time = now
+
+    def on_reset(self, request: ResetScene.Request, response: ResetScene.Response
+                 ) -> ResetScene.Response:
+        if self.driver is None:
+            response.success, response.message = False, "driver not configured"
+            return response
+        try:
+            info = self.driver.reset(int(request.seed), bool(request.mirrored),
+                                     {kv.key: kv.value for kv in request.options})
+        except (ValueError, NotImplementedError, DriverFault) as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(f"reset failed: {exc}")
+            return response
+        q, _ = self.driver.joint_state()
+        self.target = q.copy()
+        self.follower.hold(q)
+        self.last_command_time = -math.inf
+        from grrl_interfaces.msg import KeyValue
+
+        response.success = True
+        response.instruction = info.instruction
+        response.scene_parameters = [KeyValue(key=k, value=v) for k, v in info.parameters.items()]
+        self.get_logger().info(f"scene reset (seed {request.seed}): {info.instruction}")
+        self._publish_task()
+        return response
+
+    # ---------------------------------------------------------------------- loop
+    def on_tick(self) -> None:
+        drv = self.driver
+        if drv is None:
+            return
+        now = self.now_s()
+        if self.follower.active is not None and \
+                now - self.last_command_time > float(self.params["watchdog_timeout"]):
+            self.get_logger().warn("watchdog: commands stopped mid-trajectory, holding")
+            q, _ = drv.joint_state()
+            self.follower.hold(q)
+        self.target = self.follower.sample(now, self.target)
+        drv.command(self.target)
+        try:
+            drv.advance(self.dt)
+        except DriverFault as exc:
+            self._fault(str(exc))
+            return
+        self.tick += 1
+        stamp = to_time(self.now_s())
+        if self.pub_clock is not None:
+            self.pub_clock.publish(Clock(clock=stamp))
+        q, v = drv.joint_state()
+        js = JointState(name=self.names, position=q.tolist(), velocity=v.tolist())
+        js.header.stamp = stamp
+        self.pub_js.publish(js)
+        for side, T in drv.tcp_poses().items():
+            ps = PoseStamped()
+            ps.header.stamp, ps.header.frame_id = stamp, "base_link"
+            ps.pose.position = Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3]))
+            x, y, z, w = matrix_to_quat(T[:3, :3])
+            ps.pose.orientation.x, ps.pose.orientation.y = x, y
+            ps.pose.orientation.z, ps.pose.orientation.w = z, w
+            self.pub_tcp[side].publish(ps)
+        self._publish_task(stamp)
+        if self.tick % self.camera_every == 0:
+            for cam, img in drv.images().items():
+                enc, h, w, step, data = encode_raw(img)
+                msg = Image(encoding=enc, height=h, width=w, step=step, data=data)
+                msg.header.stamp = stamp
+                msg.header.frame_id = desc.camera_optical_frame(cam)
+                self.pub_img[cam].publish(msg)
+                info = CameraInfo(height=h, width=w)
+                info.header = msg.header
+                self.pub_info[cam].publish(info)
+
+    def _publish_task(self, stamp: Time | None = None, failure: str = "") -> None:
+        st = self.driver.task_state() if self.driver is not None else None
+        if st is None or self.pub_task is None:
+            return
+        msg = TaskState(scene_seq=int(st["scene_seq"]), seed=int(st["seed"]),
+                        mirrored=bool(st["mirrored"]), instruction=st["instruction"],
+                        end_side=st["end_side"], eyelet_side=st["eyelet_side"],
+                        eyelet_index=int(st["eyelet_index"]), stage=int(st["stage"]),
+                        threaded=bool(st["threaded"]), success=bool(st["success"]),
+                        failed=bool(st["failed"]) or bool(failure),
+                        failure_reason=failure or st["failure_reason"],
+                        pulled_length=float(st["pulled_length"]))
+        c, d = st["eyelet_center"], st["threading_direction"]
+        msg.eyelet_center = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
+        msg.threading_direction = Vector3(x=float(d[0]), y=float(d[1]), z=float(d[2]))
+        msg.lace = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in st["lace"]]
+        msg.header.stamp = stamp or to_time(self.now_s())
+        msg.header.frame_id = "base_link"
+        self.pub_task.publish(msg)
+
+    def _fault(self, reason: str) -> None:
+        """Physics blow-up: report it, reset the scene, hold; never crash."""
+        self.get_logger().error(f"driver fault: {reason}; resetting the scene")
+        seed = 0
+        st = None
+        try:
+            st = self.driver.task_state()
+        except Exception:  # noqa: BLE001 - the state may be the broken part
+            pass
+        if st is not None:
+            seed = int(st["seed"])
+        try:
+            self.driver.reset(seed, False, {})
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"reset after fault failed: {exc}")
+            return
+        q, _ = self.driver.joint_state()
+        self.target = q.copy()
+        self.follower.hold(q)
+        self._publish_task(failure=f"physics fault: {reason}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    rclpy.init(args=argv)
+    node = DriverNode()
+    try:
+        if node.get_parameter("autostart").value:
+            # without a lifecycle manager, walk to active ourselves
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
+                    node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart failed")
+                raise SystemExit(1)
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

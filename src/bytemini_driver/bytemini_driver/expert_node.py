@@ -1,0 +1,105 @@
+"""The scripted expert as a node: it acts only through the robot's command topic.
+
+During an episode (between STARTED and the end on ``grrl/episode``) it reads the joint states
+and the simulator's ground-truth lace (``bytemini/sim/task_state``), runs
+:class:`~bytemini_driver.expert.ScriptedExpert` once per joint-state message (the control
+rate) and publishes a one-point ``JointTrajectory`` (positions and velocities) reaching the
+next target one control period later.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bytemini_driver import description as desc
+from bytemini_driver.driver_node import COMMAND_QOS
+from bytemini_driver.expert import ScriptedExpert
+from grrl_interfaces.msg import EpisodeEvent, TaskState
+
+
+class ExpertNode(Node):
+    def __init__(self) -> None:
+        super().__init__("scripted_expert")
+        self.declare_parameter("control_rate", 50.0)
+        self.dt = 1.0 / float(self.get_parameter("control_rate").value)
+        self.expert = ScriptedExpert()
+        self.names = desc.actuated_joint_names()
+        self.task: TaskState | None = None
+        self.active_seed: int | None = None
+        self.used_scene: int | None = None
+        self.running = False
+        self.last_q: np.ndarray | None = None
+        vmax = [desc.ARM_LIMITS[j][2] for j in desc.ARM_JOINTS] + [desc.GRIPPER_LIMITS[2]]
+        self.vmax = np.array(vmax * 2)
+        self.pub = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory",
+                                         COMMAND_QOS)
+        self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10)
+        self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, 10)
+        self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
+
+    def on_task(self, msg: TaskState) -> None:
+        self.task = msg
+
+    def on_event(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_STARTED:
+            self.active_seed = int(msg.seed)
+            self.running = False  # (re)start once the new scene's state arrives
+            self.get_logger().info(f"episode {msg.episode_id}: {msg.instruction}")
+        elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
+                           EpisodeEvent.EVENT_INVALID):
+            self.active_seed = None
+            self.running = False
+
+    def on_joints(self, msg: JointState) -> None:
+        if self.active_seed is None or self.task is None:
+            return
+        st = self.task
+        if list(msg.name) != self.names:
+            order = {n: i for i, n in enumerate(msg.name)}
+            if not all(n in order for n in self.names):
+                return
+            q = np.array([msg.position[order[n]] for n in self.names])
+        else:
+            q = np.asarray(msg.position, float)
+        if not self.running:
+            if st.seed != self.active_seed or st.scene_seq == self.used_scene:
+                return  # still the previous scene
+            self.used_scene = st.scene_seq
+            c, d = st.eyelet_center, st.threading_direction
+            self.expert.reset(st.end_side, np.array([c.x, c.y, c.z]), np.array([d.x, d.y, d.z]),
+                              q, len(st.lace), self.dt)
+            self.running = True
+        if self.expert.done:
+            return
+        lace = np.array([[p.x, p.y, p.z] for p in st.lace])
+        target = self.expert.act(lace, q)
+        prev = self.last_q if self.last_q is not None else q
+        self.last_q = target
+        point = JointTrajectoryPoint(positions=target.tolist(),
+                                     velocities=np.clip((target - prev) / self.dt, -self.vmax,
+                                                        self.vmax).tolist(),
+                                     time_from_start=Duration(sec=0, nanosec=int(self.dt * 1e9)))
+        self.pub.publish(JointTrajectory(joint_names=self.names, points=[point]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    rclpy.init(args=argv)
+    node = ExpertNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,240 @@
+"""The reward/episode node: serves the ``RunEpisode`` action and records every episode.
+
+A goal resets the scene through the driver's ``bytemini/reset_scene`` service, publishes the
+instruction (latched) on ``grrl/instruction``, follows the stages from the simulator's
+``bytemini/sim/task_state``, sends feedback, enforces the time limit, honours cancel, and
+returns the result with the sparse reward (eq. 1). Events go to ``grrl/episode``; the episode
+(images, joint states, commands, action chunks, events, task states) is written to an MCAP
+file in rosbag2 layout.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import String
+
+from grrl_interfaces.action import RunEpisode
+from grrl_interfaces.msg import EpisodeEvent, TaskState
+from grrl_interfaces.srv import ResetScene
+from grrl_trainer.episode import (CANCELLED, INVALID, STAGE_NAMES, SUCCESS, EpisodeMonitor,
+                                  new_episode_id)
+from grrl_trainer.recorder import EpisodeRecorder, typestore_with_custom_types
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                     reliability=ReliabilityPolicy.RELIABLE)
+
+#: relative topic -> (ROS type name, QoS) recorded for every episode
+RECORD_TOPICS = {
+    "bytemini/camera/head/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/camera/left_wrist/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/camera/right_wrist/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/joint_states": "sensor_msgs/msg/JointState",
+    "bytemini/left/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/right/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "bytemini/sim/task_state": "grrl_interfaces/msg/TaskState",
+    "grrl/action_chunk": "grrl_interfaces/msg/ActionChunk",
+    "grrl/episode": "grrl_interfaces/msg/EpisodeEvent",
+    "grrl/instruction": "std_msgs/msg/String",
+}
+
+
+def _import_type(name: str):
+    pkg, _, cls = name.split("/")
+    module = __import__(f"{pkg}.msg", fromlist=[cls])
+    return getattr(module, cls)
+
+
+class EpisodeNode(Node):
+    def __init__(self) -> None:
+        super().__init__("episode_node")
+        self.declare_parameter("time_limit", 60.0)
+        self.declare_parameter("record", True)
+        self.declare_parameter("record_dir", "")
+        self.declare_parameter("record_images", True)
+        self.declare_parameter("reset_timeout", 10.0)
+        self.declare_parameter("feedback_rate", 2.0)
+        group = ReentrantCallbackGroup()
+        self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", 10)
+        self.pub_instruction = self.create_publisher(String, "grrl/instruction", LATCHED)
+        self.reset_client = self.create_client(ResetScene, "bytemini/reset_scene",
+                                               callback_group=group)
+        self.task: TaskState | None = None
+        self.task_lock = threading.Lock()
+        self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
+                                 callback_group=group)
+        self.recorder: EpisodeRecorder | None = None
+        self.typestore = typestore_with_custom_types()
+        for topic, type_name in RECORD_TOPICS.items():
+            qos = qos_profile_sensor_data if "image" in topic else (
+                LATCHED if topic == "grrl/instruction" else 10)
+            self.create_subscription(_import_type(type_name), topic,
+                                     lambda data, t=topic: self.on_raw(t, data), qos, raw=True,
+                                     callback_group=group)
+        self.busy = threading.Lock()
+        self.server = ActionServer(self, RunEpisode, "grrl/run_episode", self.execute,
+                                   goal_callback=self.on_goal, cancel_callback=self.on_cancel,
+                                   callback_group=group)
+        self.get_logger().info("episode node ready")
+
+    # ------------------------------------------------------------------- inputs
+    def on_task(self, msg: TaskState) -> None:
+        with self.task_lock:
+            self.task = msg
+
+    def on_raw(self, topic: str, data: bytes) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        if "image" in topic and not self.get_parameter("record_images").value:
+            return
+        rec.write(self.resolve_topic_name(topic), data, time.time_ns())
+
+    def on_goal(self, goal: RunEpisode.Goal) -> GoalResponse:
+        if self.busy.locked():
+            self.get_logger().warn("goal rejected: an episode is already running")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def on_cancel(self, handle) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    # ------------------------------------------------------------------ episode
+    def _event(self, mon: EpisodeMonitor, event: int, goal: RunEpisode.Goal, seed: int,
+               instruction: str, record: str = "") -> None:
+        msg = EpisodeEvent(episode_id=mon.episode_id, event=event, stage=mon.stage,
+                           stage_name=STAGE_NAMES[mon.stage], success=mon.success,
+                           reward=mon.reward, seed=seed, instruction=instruction,
+                           record_path=record, message=mon.message)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_event.publish(msg)
+
+    def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
+        timeout = float(self.get_parameter("reset_timeout").value)
+        if not self.reset_client.wait_for_service(timeout_sec=timeout):
+            return "the driver's reset_scene service is not available"
+        future = self.reset_client.call_async(ResetScene.Request(
+            seed=goal.seed, mirrored=goal.mirrored, options=list(goal.options)))
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                return "reset_scene timed out"
+            time.sleep(0.01)
+        resp = future.result()
+        if resp is None or not resp.success:
+            return f"reset failed: {resp.message if resp else 'no response'}"
+        return resp
+
+    def execute(self, handle) -> RunEpisode.Result:
+        with self.busy:
+            return self._run(handle)
+
+    def _run(self, handle) -> RunEpisode.Result:
+        goal: RunEpisode.Goal = handle.request
+        limit = goal.time_limit if goal.time_limit > 0 else \
+            float(self.get_parameter("time_limit").value)
+        mon = EpisodeMonitor(new_episode_id(goal.seed), limit)
+        result = RunEpisode.Result(episode_id=mon.episode_id)
+        reset = self._reset(goal)
+        if isinstance(reset, str):
+            self.get_logger().error(reset)
+            mon.finish(INVALID, reset)
+            self._event(mon, EpisodeEvent.EVENT_INVALID, goal, goal.seed, goal.instruction)
+            handle.abort()
+            result.message = reset
+            return result
+        instruction = goal.instruction or reset.instruction
+        with self.task_lock:
+            self.task = None  # only states of the new scene count
+        record_path = ""
+        if self.get_parameter("record").value:
+            base = self.get_parameter("record_dir").value or os.path.join(
+                os.environ.get("ROS_HOME", os.path.expanduser("~/.ros")), "episodes")
+            record_path = str(Path(base) / mon.episode_id)
+            topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
+            self.recorder = EpisodeRecorder(Path(record_path), topics, self.typestore)
+        self.pub_instruction.publish(String(data=instruction))
+        self._event(mon, EpisodeEvent.EVENT_STARTED, goal, goal.seed, instruction, record_path)
+        self.get_logger().info(f"{mon.episode_id}: {instruction} (limit {limit:.0f} s)")
+        period = 1.0 / float(self.get_parameter("feedback_rate").value)
+        next_feedback = 0.0
+        seen_scene: int | None = None
+        while not mon.done:
+            if handle.is_cancel_requested:
+                mon.finish(CANCELLED, "cancelled")
+                break
+            if not rclpy.ok():
+                mon.finish(CANCELLED, "shutting down")
+                break
+            with self.task_lock:
+                st = self.task
+            if st is not None:
+                if seen_scene is None:
+                    seen_scene = st.scene_seq
+                if st.scene_seq != seen_scene and not st.failed:
+                    mon.finish(CANCELLED, "the scene was reset during the episode")
+                    break
+                now = st.header.stamp.sec + st.header.stamp.nanosec * 1e-9
+                for stage in mon.update(now, st.stage, st.success, st.failed, st.failure_reason):
+                    self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction)
+                    self.get_logger().info(f"{mon.episode_id}: stage '{STAGE_NAMES[stage]}'")
+                if mon.elapsed >= next_feedback:
+                    next_feedback = mon.elapsed + period
+                    handle.publish_feedback(RunEpisode.Feedback(
+                        elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
+                        progress=-1.0))
+            time.sleep(0.02)
+        counts = {}
+        if self.recorder is not None:
+            rec, self.recorder = self.recorder, None
+            counts = rec.close()
+        event = {SUCCESS: EpisodeEvent.EVENT_FINISHED, CANCELLED: EpisodeEvent.EVENT_ABORTED,
+                 INVALID: EpisodeEvent.EVENT_INVALID}.get(mon.status, EpisodeEvent.EVENT_FINISHED)
+        if mon.status == "timeout":
+            event = EpisodeEvent.EVENT_ABORTED
+        self._event(mon, event, goal, goal.seed, instruction, record_path)
+        result.success = mon.success
+        result.stages_reached = mon.stage
+        result.stage_names_reached = [STAGE_NAMES[s] for s in mon.reached]
+        result.reward = mon.reward
+        result.record_path = record_path
+        result.message = f"{mon.status}: {mon.message}"
+        self.get_logger().info(f"{mon.episode_id}: {result.message}; recorded "
+                               f"{sum(counts.values())} messages")
+        if mon.status == CANCELLED and handle.is_cancel_requested:
+            handle.canceled()
+        elif mon.status == INVALID:
+            handle.abort()
+        else:
+            handle.succeed()
+        return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    rclpy.init(args=argv)
+    node = EpisodeNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node.recorder is not None:
+            node.recorder.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
