@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, Vector3
 from rclpy.executors import ExternalShutdownException
@@ -51,17 +52,21 @@ def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
     return float(q[1]), float(q[2]), float(q[3]), float(q[0])
 
 
+
+#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
+NUMBER = ParameterDescriptor(dynamic_typing=True)
+
 class DriverNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__("bytemini_driver")
         self.declare_parameter("backend", "mujoco")
-        self.declare_parameter("control_rate", 50.0)
-        self.declare_parameter("camera_rate", 10.0)
+        self.declare_parameter("control_rate", 50.0, NUMBER)
+        self.declare_parameter("camera_rate", 10.0, NUMBER)
         self.declare_parameter("image_width", 224)
         self.declare_parameter("image_height", 224)
         self.declare_parameter("publish_images", True)
-        self.declare_parameter("real_time_factor", 1.0)
-        self.declare_parameter("watchdog_timeout", 1.0)
+        self.declare_parameter("real_time_factor", 1.0, NUMBER)
+        self.declare_parameter("watchdog_timeout", 1.0, NUMBER)
         self.declare_parameter("seed", 0)
         self.declare_parameter("autostart", False)
         self.driver: RobotDriver | None = None
@@ -79,6 +84,12 @@ class DriverNode(LifecycleNode):
             self.limits = self.driver.joint_limits()
         except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
             self.get_logger().error(f"configure failed: {exc}")
+            self.driver = None
+            return TransitionCallbackReturn.FAILURE
+        if float(p["real_time_factor"]) <= 0 or float(p["control_rate"]) <= 0 \
+                or float(p["camera_rate"]) <= 0:
+            self.get_logger().error("real_time_factor, control_rate and camera_rate must be > 0")
+            self.driver.cleanup()
             self.driver = None
             return TransitionCallbackReturn.FAILURE
         self.params = p
@@ -111,10 +122,8 @@ class DriverNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         rtf = float(self.params["real_time_factor"])
-        period = self.dt / rtf if rtf > 0 else 1e-4
-        self.timer = self.create_timer(period, self.on_tick)
-        self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor "
-                               f"{rtf if rtf > 0 else 'max'}")
+        self.timer = self.create_timer(self.dt / rtf, self.on_tick)
+        self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor {rtf}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:

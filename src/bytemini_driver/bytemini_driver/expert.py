@@ -238,10 +238,13 @@ class ScriptedExpert:
         return d + 0.2
 
     # ------------------------------------------------------------------------- acting
-    def act(self, lace: np.ndarray, q_measured: np.ndarray) -> np.ndarray:
-        """Joint targets (16,) for the next control period, given the lace (V, 3) and the
-        measured joint positions (16,)."""
+    def act(self, lace: np.ndarray, q_measured: np.ndarray, dt: float | None = None
+            ) -> np.ndarray:
+        """Joint targets (16,) for the next control period, given the lace (V, 3), the
+        measured joint positions (16,) and the time since the last call (default: the
+        control period; a node passes the measured one, so a slow consumer stays on time)."""
         self.q_measured = np.asarray(q_measured, float)
+        self.dt = self.dt if dt is None else dt
         if self.done:
             return self._with_grips(self.q)
         if self.t >= self.phase_end and not self.moves:

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -24,10 +25,14 @@ from bytemini_driver.expert import ScriptedExpert
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 
 
+
+#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
+NUMBER = ParameterDescriptor(dynamic_typing=True)
+
 class ExpertNode(Node):
     def __init__(self) -> None:
         super().__init__("scripted_expert")
-        self.declare_parameter("control_rate", 50.0)
+        self.declare_parameter("control_rate", 50.0, NUMBER)
         self.dt = 1.0 / float(self.get_parameter("control_rate").value)
         self.expert = ScriptedExpert()
         self.names = desc.actuated_joint_names()
@@ -36,6 +41,7 @@ class ExpertNode(Node):
         self.used_scene: int | None = None
         self.running = False
         self.last_q: np.ndarray | None = None
+        self.last_stamp: float | None = None
         vmax = [desc.ARM_LIMITS[j][2] for j in desc.ARM_JOINTS] + [desc.GRIPPER_LIMITS[2]]
         self.vmax = np.array(vmax * 2)
         self.pub = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory",
@@ -76,16 +82,22 @@ class ExpertNode(Node):
             self.expert.reset(st.end_side, np.array([c.x, c.y, c.z]), np.array([d.x, d.y, d.z]),
                               q, len(st.lace), self.dt)
             self.running = True
+            self.last_stamp = None
         if self.expert.done:
             return
         lace = np.array([[p.x, p.y, p.z] for p in st.lace])
-        target = self.expert.act(lace, q)
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        dt = self.dt if self.last_stamp is None else min(max(stamp - self.last_stamp, 0.0), 0.2)
+        self.last_stamp = stamp
+        if dt <= 0.0:
+            return
+        target = self.expert.act(lace, q, dt)
         prev = self.last_q if self.last_q is not None else q
         self.last_q = target
         point = JointTrajectoryPoint(positions=target.tolist(),
-                                     velocities=np.clip((target - prev) / self.dt, -self.vmax,
+                                     velocities=np.clip((target - prev) / dt, -self.vmax,
                                                         self.vmax).tolist(),
-                                     time_from_start=Duration(sec=0, nanosec=int(self.dt * 1e9)))
+                                     time_from_start=Duration(sec=0, nanosec=int(dt * 1e9)))
         self.pub.publish(JointTrajectory(joint_names=self.names, points=[point]))
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -55,15 +56,19 @@ def _import_type(name: str):
     return getattr(module, cls)
 
 
+
+#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
+NUMBER = ParameterDescriptor(dynamic_typing=True)
+
 class EpisodeNode(Node):
     def __init__(self) -> None:
         super().__init__("episode_node")
-        self.declare_parameter("time_limit", 60.0)
+        self.declare_parameter("time_limit", 60.0, NUMBER)
         self.declare_parameter("record", True)
         self.declare_parameter("record_dir", "")
         self.declare_parameter("record_images", True)
-        self.declare_parameter("reset_timeout", 10.0)
-        self.declare_parameter("feedback_rate", 2.0)
+        self.declare_parameter("reset_timeout", 10.0, NUMBER)
+        self.declare_parameter("feedback_rate", 2.0, NUMBER)
         group = ReentrantCallbackGroup()
         self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", 10)
         self.pub_instruction = self.create_publisher(String, "grrl/instruction", LATCHED)
@@ -75,12 +80,18 @@ class EpisodeNode(Node):
                                  callback_group=group)
         self.recorder: EpisodeRecorder | None = None
         self.typestore = typestore_with_custom_types()
+        # Recording subscriptions live on a second node with its own single-threaded
+        # executor: rclpy's multi-threaded executor cannot keep up with 50 Hz x 7 topics
+        # plus images, and the action's execute loop must not compete with them.
+        # (global --ros-args would rename it to this node's name too: keep them away)
+        self.rec_node = Node(f"{self.get_name()}_recorder", namespace=self.get_namespace(),
+                             context=self.context, use_global_arguments=False)
         for topic, type_name in RECORD_TOPICS.items():
             qos = qos_profile_sensor_data if "image" in topic else (
-                LATCHED if topic == "grrl/instruction" else 10)
-            self.create_subscription(_import_type(type_name), topic,
-                                     lambda data, t=topic: self.on_raw(t, data), qos, raw=True,
-                                     callback_group=group)
+                LATCHED if topic == "grrl/instruction" else QoSProfile(depth=100))
+            self.rec_node.create_subscription(_import_type(type_name), topic,
+                                              lambda data, t=topic: self.on_raw(t, data), qos,
+                                              raw=True)
         self.busy = threading.Lock()
         self.server = ActionServer(self, RunEpisode, "grrl/run_episode", self.execute,
                                    goal_callback=self.on_goal, cancel_callback=self.on_cancel,
@@ -194,15 +205,24 @@ class EpisodeNode(Node):
                         elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
                         progress=-1.0))
             time.sleep(0.02)
-        counts = {}
-        if self.recorder is not None:
-            rec, self.recorder = self.recorder, None
-            counts = rec.close()
         event = {SUCCESS: EpisodeEvent.EVENT_FINISHED, CANCELLED: EpisodeEvent.EVENT_ABORTED,
                  INVALID: EpisodeEvent.EVENT_INVALID}.get(mon.status, EpisodeEvent.EVENT_FINISHED)
         if mon.status == "timeout":
             event = EpisodeEvent.EVENT_ABORTED
-        self._event(mon, event, goal, goal.seed, instruction, record_path)
+        counts = {}
+        rec = self.recorder
+        if rec is not None:
+            events_topic = self.resolve_topic_name("grrl/episode")
+            before = rec.counts[events_topic]
+            self._event(mon, event, goal, goal.seed, instruction, record_path)
+            # let the final event reach the record before closing it
+            deadline = time.monotonic() + 1.0
+            while rec.counts[events_topic] == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.recorder = None
+            counts = rec.close()
+        else:
+            self._event(mon, event, goal, goal.seed, instruction, record_path)
         result.success = mon.success
         result.stages_reached = mon.stage
         result.stage_names_reached = [STAGE_NAMES[s] for s in mon.reached]
@@ -223,8 +243,12 @@ class EpisodeNode(Node):
 def main(argv: list[str] | None = None) -> None:
     rclpy.init(args=argv)
     node = EpisodeNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
+    rec_executor = rclpy.executors.SingleThreadedExecutor()
+    rec_executor.add_node(node.rec_node)
+    rec_thread = threading.Thread(target=rec_executor.spin, daemon=True)
+    rec_thread.start()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -232,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if node.recorder is not None:
             node.recorder.close()
+        rec_executor.shutdown(timeout_sec=1.0)
+        node.rec_node.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown()
 

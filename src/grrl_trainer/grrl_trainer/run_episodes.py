@@ -11,6 +11,7 @@ import sys
 import time
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -18,14 +19,18 @@ from rclpy.node import Node
 from grrl_interfaces.action import RunEpisode
 
 
+
+#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
+NUMBER = ParameterDescriptor(dynamic_typing=True)
+
 class EpisodeRunner(Node):
     def __init__(self, overrides: dict | None = None) -> None:
         super().__init__("run_episodes")
         self.declare_parameter("episodes", 1)
         self.declare_parameter("seed", 0)
-        self.declare_parameter("time_limit", 0.0)
+        self.declare_parameter("time_limit", 0.0, NUMBER)
         self.declare_parameter("mirrored", False)
-        self.declare_parameter("server_timeout", 60.0)
+        self.declare_parameter("server_timeout", 60.0, NUMBER)
         self.overrides = overrides or {}
         self.client = ActionClient(self, RunEpisode, "grrl/run_episode")
 
