@@ -89,11 +89,21 @@ def available_backends() -> dict[str, Any]:
 
 
 def load_backend(name: str) -> RobotDriver:
-    """Instantiate the backend registered under ``name``."""
+    """Instantiate the backend registered under ``name``, or given as ``module:Class`` (for
+    integrators trying a driver before packaging it)."""
     eps = available_backends()
-    if name not in eps:
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load driver backend '{name}': {exc}") from exc
+    elif name in eps:
+        cls = eps[name].load()
+    else:
         raise ValueError(f"unknown driver backend '{name}'; registered: {sorted(eps)}")
-    cls = eps[name].load()
     driver = cls()
     if not isinstance(driver, RobotDriver):
         raise TypeError(f"backend '{name}' ({cls}) is not a RobotDriver")

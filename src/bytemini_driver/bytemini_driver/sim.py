@@ -167,12 +167,22 @@ class ShoeLacingSim:
         for side in desc.SIDES:
             self._gripper_cmd[side] = float(q[self.names.index(desc.gripper_joint_name(side))])
 
+    _BAD = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+            mujoco.mjtWarning.mjWARN_BADQACC)
+
     def step(self, n: int = 1) -> None:
-        """Advance ``n`` physics steps; raises :class:`PhysicsError` on non-finite state."""
+        """Advance ``n`` physics steps; raises :class:`PhysicsError` on a blow-up.
+
+        MuJoCo answers NaN/Inf by resetting mjData to the model's defaults and counting a
+        warning; that silent reset is caught here too (it would teleport the lace)."""
+        warn = self.data.warning
+        before = [warn[w].number for w in self._BAD]
         for _ in range(n):
             mujoco.mj_step(self.model, self.data)
             self._update_grasps()
-        if not (np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel))):
+        after = [warn[w].number for w in self._BAD]
+        if after != before or not (np.all(np.isfinite(self.data.qpos))
+                                   and np.all(np.isfinite(self.data.qvel))):
             raise PhysicsError(f"non-finite physics state at t={self.data.time:.3f}s")
 
     def _update_grasps(self) -> None:

@@ -71,7 +71,9 @@ def eyelet_crossings(points: np.ndarray, center: np.ndarray, axis: np.ndarray, r
     """
     d = (points - center) @ axis                              # (V,) signed distances
     out = []
-    for i in np.nonzero(np.sign(d[:-1]) * np.sign(d[1:]) < 0)[0]:
+    # half-open test: a vertex exactly on the plane counts as being on its positive side
+    neg = d < 0
+    for i in np.nonzero(neg[:-1] != neg[1:])[0]:
         t = d[i] / (d[i] - d[i + 1])
         p = points[i] + t * (points[i + 1] - points[i])
         if np.linalg.norm(p - center - ((p - center) @ axis) * axis) <= radius:

@@ -1,0 +1,81 @@
+"""The shoe-lacing scene compiles and steps cleanly, mirrors exactly, and the scripted expert
+solves it through the same interface a policy has."""
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from bytemini_driver.expert import ScriptedExpert
+from bytemini_driver.scene import mirror_params, sample_scene
+from bytemini_driver.sim import ShoeLacingSim
+
+
+@pytest.fixture(scope="module")
+def sim() -> ShoeLacingSim:
+    s = ShoeLacingSim()
+    yield s
+    s.close()
+
+
+def test_scene_steps_a_second_of_random_control_without_warnings(sim: ShoeLacingSim):
+    sim.reset(7)
+    rng = np.random.default_rng(0)
+    lo, hi = sim.joint_limits
+    home = sim.home_q
+    for _ in range(50):
+        sim.set_joint_targets(np.clip(home + rng.normal(0, 0.05, home.shape), lo, hi))
+        sim.step(10)
+    assert all(w.number == 0 for w in sim.data.warning), \
+        [(mujoco.mjtWarning(i).name, w.number) for i, w in enumerate(sim.data.warning) if w.number]
+    assert sim.data.time == pytest.approx(1.0, abs=0.01)
+    assert np.all(np.isfinite(sim.lace_points()))
+
+
+def test_reset_is_deterministic_and_lace_rests_on_the_table(sim: ShoeLacingSim):
+    a = sim.reset(3)
+    pa = sim.lace_points()
+    b = sim.reset(3)
+    assert a.as_dict() == b.as_dict()
+    assert np.allclose(pa, sim.lace_points(), atol=1e-9)
+    ends = pa[[0, -1]]
+    assert np.all(np.abs(ends[:, 2] - 0.752) < 0.003)
+
+
+def test_mirrored_scene_is_the_mirror_image():
+    p = sample_scene(11)
+    m = sample_scene(11, mirrored=True)
+    assert m.mirrored and not p.mirrored
+    assert m.shoe_xy == (p.shoe_xy[0], -p.shoe_xy[1]) and m.shoe_yaw == -p.shoe_yaw
+    assert {p.end_side, m.end_side} == {"left", "right"}
+    assert {p.eyelet_side, m.eyelet_side} == {"left", "right"}
+    assert np.allclose(m.lace_points[::-1], p.lace_points * [1, -1, 1])
+    assert mirror_params(m).as_dict() == p.as_dict()
+
+
+def run_expert(sim: ShoeLacingSim, seed: int, mirrored: bool = False, limit: float = 40.0):
+    p = sim.reset(seed, mirrored=mirrored)
+    center, direction = sim.eyelet_world(p.eyelet_side, p.eyelet_index, p.end_side)
+    expert = ScriptedExpert()
+    dt = 0.02
+    expert.reset(p.end_side, center, direction, sim.joint_positions(),
+                 sim.config.scene.lace_vertices, dt)
+    lo, hi = sim.joint_limits
+    state = sim.update_task()
+    for _ in range(int(limit / dt)):
+        q = expert.act(sim.lace_points(), sim.joint_positions())
+        assert np.all(q >= lo - 1e-6) and np.all(q <= hi + 1e-6)
+        sim.set_joint_targets(q)
+        sim.step(int(dt / sim.model.opt.timestep))
+        state = sim.update_task()
+        if state.success or state.jammed:
+            break
+    return state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, mirrored", [(0, False), (1, False), (0, True)])
+def test_expert_solves_seeded_scenes(sim: ShoeLacingSim, seed: int, mirrored: bool):
+    state = run_expert(sim, seed, mirrored)
+    assert state.success, state
+    assert state.reached == [1, 2, 3, 4]

@@ -1,0 +1,134 @@
+"""The sim driver node over DDS: lifecycle, bad commands, watchdog, physics faults."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Duration
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bytemini_driver import description as desc
+from bytemini_driver.driver_node import COMMAND_QOS
+from grrl_interfaces.msg import TaskState
+from grrl_interfaces.srv import ResetScene
+from grrl_trainer.testing import wait_until
+
+pytestmark = pytest.mark.ros
+NAMES = desc.actuated_joint_names()
+
+
+def change(ros_node, transition: int) -> bool:
+    client = ros_node.node.create_client(ChangeState, "/bytemini_driver/change_state")
+    assert client.wait_for_service(timeout_sec=30)
+    resp = client.call(ChangeState.Request(transition=Transition(id=transition)), timeout_sec=30)
+    ros_node.node.destroy_client(client)
+    return resp is not None and resp.success
+
+
+def latest(msgs: list, after: int = 0):
+    wait_until(lambda: len(msgs) > after, 10, "a new message")
+    return msgs[-1]
+
+
+def traj(names, positions, t=0.5, velocities=None) -> JointTrajectory:
+    pt = JointTrajectoryPoint(positions=list(positions),
+                              time_from_start=Duration(sec=int(t), nanosec=int((t % 1) * 1e9)))
+    if velocities is not None:
+        pt.velocities = list(velocities)
+    return JointTrajectory(joint_names=list(names), points=[pt])
+
+
+def test_lifecycle_transitions_repeat(start_node, ros_node):
+    proc = start_node("bytemini_driver", "driver_node", publish_images=False)
+    states = ros_node.collect(JointState, "/bytemini/joint_states")
+    for _ in range(2):
+        assert change(ros_node, Transition.TRANSITION_CONFIGURE)
+        assert change(ros_node, Transition.TRANSITION_ACTIVATE)
+        n = len(states)
+        wait_until(lambda: len(states) > n + 10, 20, "joint states while active")
+        assert change(ros_node, Transition.TRANSITION_DEACTIVATE)
+        time_stopped = len(states)
+        # inactive: no more state messages (allow the ones already in flight)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pass
+        assert len(states) <= time_stopped + 2
+        assert change(ros_node, Transition.TRANSITION_CLEANUP)
+    assert proc.proc.poll() is None
+
+
+@pytest.fixture
+def active_driver(start_node, ros_node):
+    start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True)
+    states = ros_node.collect(JointState, "/bytemini/joint_states")
+    tasks = ros_node.collect(TaskState, "/bytemini/sim/task_state")
+    wait_until(lambda: len(states) > 5, 30, "the driver to publish")
+    pub = ros_node.node.create_publisher(JointTrajectory, "/bytemini/command/joint_trajectory",
+                                         COMMAND_QOS)
+    ros_node.wait_for_matched(pub)
+    return pub, states, tasks
+
+
+def test_bad_commands_are_rejected_and_the_robot_holds(active_driver, processes):
+    pub, states, _ = active_driver
+    q0 = np.array(latest(states).position)
+    bad = [
+        traj(["no_such_joint"], [0.0]),
+        traj(NAMES[:3], [0.0, 0.1]),                              # wrong length
+        traj(NAMES[:1], [float("nan")]),
+        traj(NAMES[3:4], [1.0]),                                  # elbow upper limit is 0
+        traj(NAMES[:1], [q0[0]], velocities=[50.0]),
+    ]
+    for msg in bad:
+        pub.publish(msg)
+    n = len(states)
+    wait_until(lambda: len(states) > n + 25, 10, "half a second of states")
+    q1 = np.array(latest(states).position)
+    assert np.abs(q1 - q0).max() < 2e-3
+    out = processes.started[0].output
+    for reason in ("unknown joint(s) ['no_such_joint']", "2 positions for 3 joints",
+                   "non-finite position", "outside", "exceeds"):
+        assert reason in out, out[-2000:]
+    # a good command still moves the robot, within its limits
+    target = q0.copy()
+    target[0] -= 0.3
+    pub.publish(traj(NAMES, target, t=0.5))
+    wait_until(lambda: abs(latest(states).position[0] - target[0]) < 0.02, 10, "the motion")
+
+
+def test_watchdog_holds_when_commands_stop(active_driver, processes):
+    pub, states, _ = active_driver
+    q0 = np.array(latest(states).position)
+    target = q0.copy()
+    target[0] -= 1.0
+    pub.publish(traj(NAMES, target, t=5.0))                       # a slow 5 s move...
+    wait_until(lambda: "watchdog" in processes.started[0].output, 10, "the watchdog")
+    n = len(states)
+    wait_until(lambda: len(states) > n + 25, 10, "the arm to settle")
+    held = np.array(latest(states).position)
+    n = len(states)
+    wait_until(lambda: len(states) > n + 25, 10, "more states")
+    assert abs(latest(states).position[0] - held[0]) < 2e-3      # ...stopped, not finished
+    assert abs(held[0] - target[0]) > 0.5
+
+
+def test_physics_fault_resets_the_scene_without_crashing(start_node, ros_node):
+    proc = start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True,
+                      backend="faulty_backend:NanAfterReset")
+    tasks = ros_node.collect(TaskState, "/bytemini/sim/task_state")
+    client = ros_node.node.create_client(ResetScene, "/bytemini/reset_scene")
+    assert client.wait_for_service(timeout_sec=30)
+    resp = client.call(ResetScene.Request(seed=13), timeout_sec=30)
+    assert resp.success
+    fault = wait_until(lambda: next((t for t in list(tasks) if t.failed), None), 20,
+                       "the fault report")
+    assert fault.failure_reason.startswith("physics fault: non-finite physics state")
+    n = len(tasks)
+    wait_until(lambda: len(tasks) > n + 10 and not tasks[-1].failed, 10, "a healthy scene")
+    assert proc.proc.poll() is None
+    resp = client.call(ResetScene.Request(seed=1, options=[]), timeout_sec=30)
+    assert resp.success and "thread the" in resp.instruction
