@@ -75,6 +75,7 @@ class EpisodeNode(Node):
         self.reset_client = self.create_client(ResetScene, "bytemini/reset_scene",
                                                callback_group=group)
         self.task: TaskState | None = None
+        self.failure: TaskState | None = None
         self.task_lock = threading.Lock()
         self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
                                  callback_group=group)
@@ -102,6 +103,8 @@ class EpisodeNode(Node):
     def on_task(self, msg: TaskState) -> None:
         with self.task_lock:
             self.task = msg
+            if msg.failed and self.failure is None:
+                self.failure = msg  # latched: the loop samples only the latest state
 
     def on_raw(self, topic: str, data: bytes) -> None:
         rec = self.recorder
@@ -167,6 +170,7 @@ class EpisodeNode(Node):
         instruction = goal.instruction or reset.instruction
         with self.task_lock:
             self.task = None  # only states of the new scene count
+            self.failure = None
         record_path = ""
         if self.get_parameter("record").value:
             base = self.get_parameter("record_dir").value or os.path.join(
@@ -188,7 +192,7 @@ class EpisodeNode(Node):
                 mon.finish(CANCELLED, "shutting down")
                 break
             with self.task_lock:
-                st = self.task
+                st = self.failure or self.task
             if st is not None:
                 if seen_scene is None:
                     seen_scene = st.scene_seq

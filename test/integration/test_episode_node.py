@@ -1,0 +1,92 @@
+"""The episode node over DDS: time limit, cancel, a reset during an episode, physics faults,
+and a second goal while one runs."""
+from __future__ import annotations
+
+import pytest
+from rclpy.action import ActionClient
+
+from grrl_interfaces.action import RunEpisode
+from grrl_interfaces.msg import EpisodeEvent
+from grrl_interfaces.srv import ResetScene
+from grrl_trainer.testing import wait_until
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture
+def graph(start_node, ros_node):
+    """driver (no cameras) + episode node, nobody acting; returns (action client, events)."""
+    def start(backend: str = "mujoco"):
+        start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True,
+                   real_time_factor=2.0, backend=backend)
+        start_node("grrl_trainer", "episode_node", record=False)
+        events = ros_node.collect(EpisodeEvent, "/grrl/episode")
+        client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
+        assert client.wait_for_server(timeout_sec=30)
+        return client, events
+    yield start
+
+
+def send(client, **goal):
+    future = client.send_goal_async(RunEpisode.Goal(**goal))
+    handle = wait_until(lambda: future.done() and future.result(), 30, "goal response")
+    return handle
+
+
+def result_of(handle, timeout=60.0):
+    fut = handle.get_result_async()
+    wait_until(fut.done, timeout, "the result")
+    return fut.result()
+
+
+def test_time_limit_ends_the_episode_without_reward(graph):
+    client, events = graph()
+    handle = send(client, seed=3, time_limit=1.5)
+    assert handle.accepted
+    res = result_of(handle)
+    assert not res.result.success and res.result.reward == 0.0
+    assert res.result.message.startswith("timeout: time limit of 2 s")  # 1.5 s rounds to 2
+    assert res.result.stages_reached == 0
+    kinds = [e.event for e in events if e.episode_id == res.result.episode_id]
+    assert kinds == [EpisodeEvent.EVENT_STARTED, EpisodeEvent.EVENT_ABORTED]
+
+
+def test_cancel_and_concurrent_goal(graph):
+    client, events = graph()
+    handle = send(client, seed=4, time_limit=120.0)
+    assert handle.accepted
+    second = send(client, seed=5, time_limit=5.0)
+    assert not second.accepted                      # one episode at a time
+    wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20,
+               "the start")
+    cancel = handle.cancel_goal_async()
+    wait_until(cancel.done, 20, "the cancel response")
+    res = result_of(handle)
+    assert res.status == 5                           # GoalStatus.STATUS_CANCELED
+    assert res.result.message == "cancelled: cancelled"
+    assert events[-1].event == EpisodeEvent.EVENT_ABORTED
+
+
+def test_reset_during_an_episode_aborts_it(graph, ros_node):
+    client, events = graph()
+    handle = send(client, seed=6, time_limit=120.0)
+    wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20,
+               "the start")
+    reset = ros_node.node.create_client(ResetScene, "/bytemini/reset_scene")
+    assert reset.wait_for_service(timeout_sec=10)
+    assert reset.call(ResetScene.Request(seed=99), timeout_sec=20).success
+    res = result_of(handle)
+    assert not res.result.success
+    assert "the scene was reset during the episode" in res.result.message
+
+
+def test_physics_fault_makes_the_episode_invalid(graph):
+    client, events = graph(backend="faulty_backend:NanAfterReset")
+    handle = send(client, seed=13, time_limit=60.0)
+    res = result_of(handle)
+    assert res.status == 6                           # GoalStatus.STATUS_ABORTED
+    assert res.result.message.startswith("invalid: physics fault")
+    assert events[-1].event == EpisodeEvent.EVENT_INVALID
+    # the graph survives: the next episode runs normally (and times out, nobody acts)
+    res2 = result_of(send(client, seed=1, time_limit=1.0))
+    assert res2.result.message.startswith("timeout")
