@@ -31,6 +31,7 @@ setup(
         ],
         'bytemini_driver.backends': [
             'mujoco = bytemini_driver.mujoco_backend:MujocoDriver',
+            'topic_bridge = bytemini_driver.topic_bridge_backend:TopicBridgeDriver',
         ],
     },
 )

@@ -96,7 +96,13 @@ class DriverNode(LifecycleNode):
         self.dt = 1.0 / float(p["control_rate"])
         self.camera_every = max(1, round(float(p["control_rate"]) / float(p["camera_rate"])))
         self.follower = TrajectoryFollower(len(self.names))
-        q, _ = self.driver.joint_state()
+        try:
+            q, _ = self.driver.joint_state()
+        except DriverFault as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            self.driver.cleanup()
+            self.driver = None
+            return TransitionCallbackReturn.FAILURE
         self.target = q.copy()
         self.follower.hold(q)
         self.last_command_time = -math.inf
@@ -219,6 +225,16 @@ class DriverNode(LifecycleNode):
         drv = self.driver
         if drv is None:
             return
+        try:
+            self._tick(drv)
+        except DriverFault as exc:
+            if drv.simulated:
+                self._fault(str(exc))
+            else:  # hardware: stop commanding; the robot's controller holds
+                self.get_logger().error(f"driver fault, not commanding: {exc}",
+                                        throttle_duration_sec=2.0)
+
+    def _tick(self, drv: RobotDriver) -> None:
         now = self.now_s()
         if self.follower.active is not None and \
                 now - self.last_command_time > float(self.params["watchdog_timeout"]):
@@ -227,11 +243,7 @@ class DriverNode(LifecycleNode):
             self.follower.hold(q)
         self.target = self.follower.sample(now, self.target)
         drv.command(self.target)
-        try:
-            drv.advance(self.dt)
-        except DriverFault as exc:
-            self._fault(str(exc))
-            return
+        drv.advance(self.dt)
         self.tick += 1
         stamp = to_time(self.now_s())
         if self.pub_clock is not None:
