@@ -29,6 +29,9 @@ setup(
             'driver_node = bytemini_driver.driver_node:main',
             'expert_node = bytemini_driver.expert_node:main',
         ],
+        'grrl.benchmarks': [
+            'sim = bytemini_driver.bench:main',
+        ],
         'bytemini_driver.backends': [
             'mujoco = bytemini_driver.mujoco_backend:MujocoDriver',
             'topic_bridge = bytemini_driver.topic_bridge_backend:TopicBridgeDriver',

@@ -30,6 +30,7 @@ setup(
             'grrl-run-episodes = grrl_trainer.run_episodes:main',
             'run_episodes = grrl_trainer.run_episodes:main',
             'episode_node = grrl_trainer.episode_node:main',
+            'grrl-bench = grrl_trainer.bench:main',
         ],
     },
 )
