@@ -28,6 +28,7 @@ setup(
             'grrl-urdf = bytemini_driver.description:main',
             'driver_node = bytemini_driver.driver_node:main',
             'expert_node = bytemini_driver.expert_node:main',
+            'grrl-expert-eval = bytemini_driver.rollout:main',
         ],
         'grrl.benchmarks': [
             'sim = bytemini_driver.bench:main',

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bytemini_driver.expert import ScriptedExpert
+from bytemini_driver.rollout import run_expert_episode, wilson_interval
 from bytemini_driver.scene import mirror_params, sample_scene
 from bytemini_driver.sim import ShoeLacingSim
 
@@ -53,29 +54,15 @@ def test_mirrored_scene_is_the_mirror_image():
     assert mirror_params(m).as_dict() == p.as_dict()
 
 
-def run_expert(sim: ShoeLacingSim, seed: int, mirrored: bool = False, limit: float = 40.0):
-    p = sim.reset(seed, mirrored=mirrored)
-    center, direction = sim.eyelet_world(p.eyelet_side, p.eyelet_index, p.end_side)
-    expert = ScriptedExpert()
-    dt = 0.02
-    expert.reset(p.end_side, center, direction, sim.joint_positions(),
-                 sim.config.scene.lace_vertices, dt)
-    lo, hi = sim.joint_limits
-    state = sim.update_task()
-    for _ in range(int(limit / dt)):
-        q = expert.act(sim.lace_points(), sim.joint_positions())
-        assert np.all(q >= lo - 1e-6) and np.all(q <= hi + 1e-6)
-        sim.set_joint_targets(q)
-        sim.step(int(dt / sim.model.opt.timestep))
-        state = sim.update_task()
-        if state.success or state.jammed:
-            break
-    return state
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed, mirrored", [(0, False), (1, False), (0, True)])
 def test_expert_solves_seeded_scenes(sim: ShoeLacingSim, seed: int, mirrored: bool):
-    state = run_expert(sim, seed, mirrored)
-    assert state.success, state
-    assert state.reached == [1, 2, 3, 4]
+    result = run_expert_episode(sim, ScriptedExpert(), seed, mirrored)
+    assert result.success, result
+    assert sim.tracker.state.reached == [1, 2, 3, 4]
+    assert result.sim_time < 25.0
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(97, 100)
+    assert 0.915 < lo < 0.916 and 0.989 < hi < 0.990  # Wilson 95% for 97/100
