@@ -132,3 +132,41 @@ def test_physics_fault_resets_the_scene_without_crashing(start_node, ros_node):
     assert proc.proc.poll() is None
     resp = client.call(ResetScene.Request(seed=1, options=[]), timeout_sec=30)
     assert resp.success and "thread the" in resp.instruction
+
+
+def test_task_space_and_gripper_commands(active_driver, ros_node, processes):
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64
+
+    pub, states, _ = active_driver
+    poses = ros_node.collect(PoseStamped, "/bytemini/left/tcp_pose")
+    wait_until(lambda: poses, 10, "tcp poses")
+    start = poses[-1]
+    cmd = ros_node.node.create_publisher(PoseStamped, "/bytemini/command/left/tcp_pose",
+                                         COMMAND_QOS)
+    grip = ros_node.node.create_publisher(Float64, "/bytemini/command/left/gripper", COMMAND_QOS)
+    ros_node.wait_for_matched(cmd)
+    ros_node.wait_for_matched(grip)
+    goal = PoseStamped()
+    goal.header.frame_id = "base_link"
+    goal.pose = start.pose
+    goal.pose.position.x += 0.04
+    goal.pose.position.z -= 0.03
+    gx, gz = goal.pose.position.x, goal.pose.position.z
+
+    def reached():
+        cmd.publish(goal)                              # stream it, as a teleoperator would
+        p = poses[-1].pose.position
+        return abs(p.x - gx) < 0.004 and abs(p.z - gz) < 0.004
+    wait_until(reached, 20, "the tcp to reach its target", period=0.05)
+    grip.publish(Float64(data=0.005))
+    k = NAMES.index("left_gripper_finger_joint")
+    wait_until(lambda: abs(latest(states).position[k] - 0.005) < 0.002, 10, "the gripper")
+    bad = PoseStamped()
+    bad.header.frame_id = "base_link"
+    bad.pose.orientation.w = float("nan")
+    cmd.publish(bad)
+    grip.publish(Float64(data=0.2))
+    wait_until(lambda: "rejected left tcp command, holding: non-finite" in processes.started[0].output
+               and "rejected left gripper command" in processes.started[0].output, 10,
+               "the rejections")

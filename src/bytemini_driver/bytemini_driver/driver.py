@@ -68,6 +68,10 @@ class RobotDriver(abc.ABC):
     def images(self) -> dict[str, np.ndarray]:
         """camera name -> RGB image (H, W, 3) uint8 (empty if the cameras are off)."""
 
+    def camera_intrinsics(self) -> dict[str, tuple[float, float, float, float]]:
+        """camera -> (fx, fy, cx, cy) in pixels, where known."""
+        return {}
+
     def advance(self, dt: float) -> None:
         """Simulators: advance physics by ``dt`` seconds. Hardware: nothing."""
 

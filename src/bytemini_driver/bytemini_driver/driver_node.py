@@ -7,6 +7,8 @@ Topics (relative, so a namespace per robot works):
   bytemini/joint_states (JointState), bytemini/{left,right}/tcp_pose (PoseStamped),
   bytemini/camera/<cam>/image_raw (Image, sensor-data QoS) and .../camera_info,
   bytemini/command/joint_trajectory (JointTrajectory, subscribed, RELIABLE),
+  bytemini/command/{left,right}/tcp_pose (PoseStamped in base_link: task-space servoing),
+  bytemini/command/{left,right}/gripper (Float64: finger opening in m),
   bytemini/sim/task_state (TaskState, simulators), /clock (simulators),
   service bytemini/reset_scene (ResetScene).
 """
@@ -25,10 +27,12 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
+from std_msgs.msg import Float64
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from bytemini_driver import description as desc
+from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from bytemini_driver.image_codec import encode_raw
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
@@ -82,6 +86,7 @@ class DriverNode(LifecycleNode):
             self.driver = load_backend(p["backend"])
             self.driver.configure(p, node=self)
             self.limits = self.driver.joint_limits()
+            self.intrinsics = self.driver.camera_intrinsics()
         except Exception as exc:  # noqa: BLE001 - any backend failure fails the transition
             self.get_logger().error(f"configure failed: {exc}")
             self.driver = None
@@ -123,6 +128,13 @@ class DriverNode(LifecycleNode):
                                                 "bytemini/command/joint_trajectory",
                                                 self.on_command, COMMAND_QOS)
         self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene", self.on_reset)
+        self.servo = CartesianServo()
+        self.sub_task_space = [self.create_subscription(
+            PoseStamped, f"bytemini/command/{side}/tcp_pose",
+            lambda msg, s=side: self.on_tcp_command(s, msg), COMMAND_QOS) for side in desc.SIDES]
+        self.sub_task_space += [self.create_subscription(
+            Float64, f"bytemini/command/{side}/gripper",
+            lambda msg, s=side: self.on_gripper(s, msg), COMMAND_QOS) for side in desc.SIDES]
         self.get_logger().info(f"configured backend '{p['backend']}'")
         return TransitionCallbackReturn.SUCCESS
 
@@ -153,6 +165,9 @@ class DriverNode(LifecycleNode):
         if self.timer is not None:
             self.destroy_timer(self.timer)
             self.timer = None
+        for sub in getattr(self, "sub_task_space", []):
+            self.destroy_subscription(sub)
+        self.sub_task_space = []
         for name in ("sub_cmd", "srv_reset"):
             handle = getattr(self, name, None)
             if handle is not None:
@@ -190,6 +205,61 @@ class DriverNode(LifecycleNode):
         except TrajectoryError as exc:
             self.get_logger().error(f"rejected command, holding position: {exc}")
             self.follower.hold(self.target)
+            return
+        now = self.now_s()
+        self.servo.clear()  # the latest command type wins
+        self.follower.start(traj, now, self.target)
+        self.last_command_time = now
+
+    def on_tcp_command(self, side: str, msg: PoseStamped) -> None:
+        if self.driver is None or self.timer is None:
+            self.get_logger().warn("tcp command ignored: driver not active")
+            return
+        if msg.header.frame_id not in ("", "base_link"):
+            self.get_logger().error(f"rejected {side} tcp command in frame "
+                                    f"'{msg.header.frame_id}' (expected base_link), holding")
+            self.follower.hold(self.target)
+            self.servo.clear()
+            return
+        import mujoco
+
+        o = msg.pose.orientation
+        quat = np.array([o.w, o.x, o.y, o.z], float)
+        T = np.eye(4)
+        R = np.zeros(9)
+        if np.all(np.isfinite(quat)) and abs(np.linalg.norm(quat) - 1.0) < 1e-3:
+            mujoco.mju_quat2Mat(R, quat)
+            T[:3, :3] = R.reshape(3, 3)
+        else:
+            T[:3, :3] = np.nan
+        p = msg.pose.position
+        T[:3, 3] = [p.x, p.y, p.z]
+        try:
+            self.servo.set_target(side, T)
+        except PoseError as exc:
+            self.get_logger().error(f"rejected {side} tcp command, holding: {exc}")
+            self.follower.hold(self.target)
+            self.servo.clear()
+            return
+        self.follower.hold(self.target)
+        self.last_command_time = self.now_s()
+
+    def on_gripper(self, side: str, msg: Float64) -> None:
+        if self.driver is None or self.timer is None:
+            return
+        name = desc.gripper_joint_name(side)
+        k = self.names.index(name)
+        current = self.target[k]
+        speed = self.limits.velocity[k]
+        try:
+            traj = validate([name], [Waypoint(max(abs(msg.data - current) / speed, 0.05)
+                                              if np.isfinite(msg.data) else 0.05,
+                                              np.array([msg.data]))], self.limits)
+        except TrajectoryError as exc:
+            self.get_logger().error(f"rejected {side} gripper command: {exc}")
+            return
+        if self.servo.active:  # keep servoing the arms; just move the fingers
+            self.target[k] = msg.data
             return
         now = self.now_s()
         self.follower.start(traj, now, self.target)
@@ -236,12 +306,17 @@ class DriverNode(LifecycleNode):
 
     def _tick(self, drv: RobotDriver) -> None:
         now = self.now_s()
-        if self.follower.active is not None and \
-                now - self.last_command_time > float(self.params["watchdog_timeout"]):
-            self.get_logger().warn("watchdog: commands stopped mid-trajectory, holding")
+        stale = now - self.last_command_time > float(self.params["watchdog_timeout"])
+        if stale and (self.follower.active is not None or self.servo.active):
+            self.get_logger().warn("watchdog: commands stopped mid-motion, holding")
             q, _ = drv.joint_state()
+            self.servo.clear()
             self.follower.hold(q)
-        self.target = self.follower.sample(now, self.target)
+        if self.servo.active:
+            self.target = self.servo.step(self.target, self.dt)
+            self.follower.hold(self.target)
+        else:
+            self.target = self.follower.sample(now, self.target)
         drv.command(self.target)
         drv.advance(self.dt)
         self.tick += 1
@@ -268,9 +343,18 @@ class DriverNode(LifecycleNode):
                 msg.header.stamp = stamp
                 msg.header.frame_id = desc.camera_optical_frame(cam)
                 self.pub_img[cam].publish(msg)
-                info = CameraInfo(height=h, width=w)
-                info.header = msg.header
-                self.pub_info[cam].publish(info)
+                self.pub_info[cam].publish(self._camera_info(cam, msg.header, h, w))
+
+    def _camera_info(self, cam: str, header, h: int, w: int) -> CameraInfo:
+        info = CameraInfo(height=h, width=w, distortion_model="plumb_bob", d=[0.0] * 5)
+        info.header = header
+        k = self.intrinsics.get(cam)
+        if k is not None:
+            fx, fy, cx, cy = k
+            info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+            info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        return info
 
     def _publish_task(self, stamp: Time | None = None, failure: str = "") -> None:
         st = self.driver.task_state() if self.driver is not None else None

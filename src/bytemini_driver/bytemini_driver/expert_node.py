@@ -16,6 +16,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -47,7 +48,10 @@ class ExpertNode(Node):
         self.pub = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory",
                                          COMMAND_QOS)
         self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10)
-        self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, 10)
+        # transient-local: started late, the expert still gets the running episode's STARTED
+        self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, QoSProfile(
+            depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
 
     def on_task(self, msg: TaskState) -> None:

@@ -60,6 +60,15 @@ class MujocoDriver(RobotDriver):
             return {}
         return {c: self._sim().render(c) for c in desc.CAMERAS}
 
+    def camera_intrinsics(self) -> dict[str, tuple[float, float, float, float]]:
+        sim = self._sim()
+        w, h = sim.config.scene.image_width, sim.config.scene.image_height
+        out = {}
+        for cam, cid in sim.index.camera.items():
+            f = (h / 2) / np.tan(np.deg2rad(sim.model.cam_fovy[cid]) / 2)  # square pixels
+            out[cam] = (float(f), float(f), w / 2, h / 2)
+        return out
+
     def advance(self, dt: float) -> None:
         sim = self._sim()
         n = max(1, int(round(dt / sim.model.opt.timestep)))

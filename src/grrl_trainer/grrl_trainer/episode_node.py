@@ -26,13 +26,16 @@ from std_msgs.msg import String
 
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
-from grrl_interfaces.srv import ResetScene
+from grrl_interfaces.srv import LabelEpisode, ResetScene
 from grrl_trainer.episode import (CANCELLED, INVALID, STAGE_NAMES, SUCCESS, EpisodeMonitor,
                                   new_episode_id)
 from grrl_trainer.recorder import EpisodeRecorder, typestore_with_custom_types
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      reliability=ReliabilityPolicy.RELIABLE)
+#: episode events: reliable, with the last few kept for late joiners
+EVENTS_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                        reliability=ReliabilityPolicy.RELIABLE)
 
 #: relative topic -> (ROS type name, QoS) recorded for every episode
 RECORD_TOPICS = {
@@ -69,8 +72,17 @@ class EpisodeNode(Node):
         self.declare_parameter("record_images", True)
         self.declare_parameter("reset_timeout", 10.0, NUMBER)
         self.declare_parameter("feedback_rate", 2.0, NUMBER)
+        # where stages come from: the simulator's task state, or an operator's labels
+        self.declare_parameter("stage_source", "sim")
+        self.source = self.get_parameter("stage_source").value
+        if self.source not in ("sim", "operator"):
+            raise ValueError(f"stage_source must be 'sim' or 'operator', got {self.source!r}")
+        self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
+        self.steps = 0
+        self.current: tuple | None = None   # (monitor, goal, instruction) while running
         group = ReentrantCallbackGroup()
-        self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", 10)
+        # latched history: a controller that starts late still sees the episode's STARTED
+        self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", EVENTS_QOS)
         self.pub_instruction = self.create_publisher(String, "grrl/instruction", LATCHED)
         self.reset_client = self.create_client(ResetScene, "bytemini/reset_scene",
                                                callback_group=group)
@@ -93,6 +105,8 @@ class EpisodeNode(Node):
             self.rec_node.create_subscription(_import_type(type_name), topic,
                                               lambda data, t=topic: self.on_raw(t, data), qos,
                                               raw=True)
+        self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
+                            callback_group=group)
         self.busy = threading.Lock()
         self.server = ActionServer(self, RunEpisode, "grrl/run_episode", self.execute,
                                    goal_callback=self.on_goal, cancel_callback=self.on_cancel,
@@ -106,7 +120,45 @@ class EpisodeNode(Node):
             if msg.failed and self.failure is None:
                 self.failure = msg  # latched: the loop samples only the latest state
 
+    def on_label(self, req: LabelEpisode.Request, resp: LabelEpisode.Response
+                 ) -> LabelEpisode.Response:
+        cur = self.current
+        resp.step = self.steps
+        if cur is None:
+            resp.accepted, resp.message = False, "no episode is running"
+            return resp
+        mon, goal, instruction = cur
+        if req.action == LabelEpisode.Request.RETRY:
+            msg = EpisodeEvent(episode_id=mon.episode_id, event=EpisodeEvent.EVENT_RETRY,
+                               stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
+                               step=self.steps, seed=goal.seed, instruction=instruction,
+                               message=req.note)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.pub_event.publish(msg)
+            resp.accepted, resp.message = True, f"retry keyframe at step {self.steps}"
+            return resp
+        if self.source != "operator":
+            resp.accepted = False
+            resp.message = "stages come from the simulator here (stage_source: sim)"
+            return resp
+        if req.action == LabelEpisode.Request.STAGE:
+            if not 0 < req.stage < len(STAGE_NAMES):
+                resp.accepted, resp.message = False, f"no stage {req.stage}"
+                return resp
+            self.labels["stage"] = max(self.labels["stage"], int(req.stage))
+        elif req.action == LabelEpisode.Request.SUCCESS:
+            self.labels.update(stage=len(STAGE_NAMES) - 1, success=True)
+        elif req.action == LabelEpisode.Request.FAILURE:
+            self.labels.update(failed=True, reason=req.note or "failure labelled by operator")
+        else:
+            resp.accepted, resp.message = False, f"unknown action {req.action}"
+            return resp
+        resp.accepted, resp.message = True, "labelled"
+        return resp
+
     def on_raw(self, topic: str, data: bytes) -> None:
+        if topic == "bytemini/joint_states":
+            self.steps += 1
         rec = self.recorder
         if rec is None:
             return
@@ -149,6 +201,12 @@ class EpisodeNode(Node):
             return f"reset failed: {resp.message if resp else 'no response'}"
         return resp
 
+    def _advance(self, mon: EpisodeMonitor, now: float, stage: int, success: bool,
+                 failed: bool, reason: str, goal: RunEpisode.Goal, instruction: str) -> None:
+        for new in mon.update(now, stage, success, failed, reason):
+            self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction)
+            self.get_logger().info(f"{mon.episode_id}: stage '{STAGE_NAMES[new]}'")
+
     def execute(self, handle) -> RunEpisode.Result:
         with self.busy:
             return self._run(handle)
@@ -178,6 +236,9 @@ class EpisodeNode(Node):
             record_path = str(Path(base) / mon.episode_id)
             topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
             self.recorder = EpisodeRecorder(Path(record_path), topics, self.typestore)
+        self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
+        self.steps = 0
+        self.current = (mon, goal, instruction)
         self.pub_instruction.publish(String(data=instruction))
         self._event(mon, EpisodeEvent.EVENT_STARTED, goal, goal.seed, instruction, record_path)
         self.get_logger().info(f"{mon.episode_id}: {instruction} (limit {limit:.0f} s)")
@@ -191,8 +252,15 @@ class EpisodeNode(Node):
             if not rclpy.ok():
                 mon.finish(CANCELLED, "shutting down")
                 break
-            with self.task_lock:
-                st = self.failure or self.task
+            if self.source == "operator":
+                lab = self.labels
+                now = self.get_clock().now().nanoseconds * 1e-9
+                self._advance(mon, now, lab["stage"], lab["success"], lab["failed"],
+                              lab["reason"], goal, instruction)
+                st = None
+            else:
+                with self.task_lock:
+                    st = self.failure or self.task
             if st is not None:
                 if seen_scene is None:
                     seen_scene = st.scene_seq
@@ -200,19 +268,19 @@ class EpisodeNode(Node):
                     mon.finish(CANCELLED, "the scene was reset during the episode")
                     break
                 now = st.header.stamp.sec + st.header.stamp.nanosec * 1e-9
-                for stage in mon.update(now, st.stage, st.success, st.failed, st.failure_reason):
-                    self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction)
-                    self.get_logger().info(f"{mon.episode_id}: stage '{STAGE_NAMES[stage]}'")
-                if mon.elapsed >= next_feedback:
-                    next_feedback = mon.elapsed + period
-                    handle.publish_feedback(RunEpisode.Feedback(
-                        elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
-                        progress=-1.0))
+                self._advance(mon, now, st.stage, st.success, st.failed, st.failure_reason,
+                              goal, instruction)
+            if mon.start_time is not None and mon.elapsed >= next_feedback:
+                next_feedback = mon.elapsed + period
+                handle.publish_feedback(RunEpisode.Feedback(
+                    elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
+                    progress=-1.0))
             time.sleep(0.02)
         event = {SUCCESS: EpisodeEvent.EVENT_FINISHED, CANCELLED: EpisodeEvent.EVENT_ABORTED,
                  INVALID: EpisodeEvent.EVENT_INVALID}.get(mon.status, EpisodeEvent.EVENT_FINISHED)
         if mon.status == "timeout":
             event = EpisodeEvent.EVENT_ABORTED
+        self.current = None
         counts = {}
         rec = self.recorder
         if rec is not None:
@@ -251,7 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     executor.add_node(node)
     rec_executor = rclpy.executors.SingleThreadedExecutor()
     rec_executor.add_node(node.rec_node)
-    rec_thread = threading.Thread(target=rec_executor.spin, daemon=True)
+    def spin_recorder() -> None:
+        try:
+            rec_executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    rec_thread = threading.Thread(target=spin_recorder, daemon=True)
     rec_thread.start()
     try:
         executor.spin()

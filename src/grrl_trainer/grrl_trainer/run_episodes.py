@@ -66,11 +66,14 @@ class EpisodeRunner(Node):
                 return 130
             r = wrapped.result
             successes += int(r.success)
+            if wrapped.status != 4:  # not SUCCEEDED: the episode could not be run properly
+                failures += 1
             stages = ", ".join(r.stage_names_reached) or "none"
             print(f"episode {i + 1}/{n} seed {goal.seed}: {'SUCCESS' if r.success else 'FAILURE'}"
                   f" | stages: {stages} | reward {r.reward:.0f} | {r.message} | record: "
                   f"{r.record_path or '-'}", flush=True)
         print(f"success {successes}/{n} ({100.0 * successes / max(n, 1):.0f}%)", flush=True)
+        # a failed task is a result, not an error; invalid or rejected episodes are errors
         return 1 if failures else 0
 
 
