@@ -90,3 +90,47 @@ def test_physics_fault_makes_the_episode_invalid(graph):
     # the graph survives: the next episode runs normally (and times out, nobody acts)
     res2 = result_of(send(client, seed=1, time_limit=1.0))
     assert res2.result.message.startswith("timeout")
+
+
+def test_operator_labels_drive_the_episode_on_a_real_robot(start_node, ros_node):
+    from grrl_interfaces.srv import LabelEpisode
+
+    start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True)
+    start_node("grrl_trainer", "episode_node", record=False, stage_source="operator")
+    events = ros_node.collect(EpisodeEvent, "/grrl/episode")
+    client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
+    assert client.wait_for_server(timeout_sec=30)
+    label = ros_node.node.create_client(LabelEpisode, "/grrl/label_episode")
+    assert label.wait_for_service(timeout_sec=30)
+    idle = label.call(LabelEpisode.Request(action=LabelEpisode.Request.RETRY), timeout_sec=10)
+    assert not idle.accepted and idle.message == "no episode is running"
+    handle = send(client, seed=2, time_limit=60.0)
+    wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20, "start")
+    req = LabelEpisode.Request
+    assert label.call(req(action=req.STAGE, stage=1), timeout_sec=10).accepted
+    retry = label.call(req(action=req.RETRY, note="missed the eyelet"), timeout_sec=10)
+    assert retry.accepted
+    assert not label.call(req(action=req.STAGE, stage=9), timeout_sec=10).accepted
+    assert label.call(req(action=req.SUCCESS), timeout_sec=10).accepted
+    res = result_of(handle)
+    assert res.result.success and res.result.reward == 1.0
+    assert list(res.result.stage_names_reached) == ["picked", "threaded", "handed_over",
+                                                    "placed"]
+    retries = [e for e in events if e.event == EpisodeEvent.EVENT_RETRY]
+    assert len(retries) == 1 and retries[0].message == "missed the eyelet"
+    assert retries[0].stage == 1 and retries[0].step == retry.step > 0
+
+
+def test_sim_mode_refuses_operator_stage_labels(graph, ros_node):
+    from grrl_interfaces.srv import LabelEpisode
+
+    client, events = graph()
+    handle = send(client, seed=3, time_limit=5.0)
+    wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20, "start")
+    label = ros_node.node.create_client(LabelEpisode, "/grrl/label_episode")
+    assert label.wait_for_service(timeout_sec=10)
+    resp = label.call(LabelEpisode.Request(action=LabelEpisode.Request.SUCCESS), timeout_sec=10)
+    assert not resp.accepted and "simulator" in resp.message
+    assert label.call(LabelEpisode.Request(action=LabelEpisode.Request.RETRY),
+                      timeout_sec=10).accepted
+    result_of(handle)

@@ -129,8 +129,11 @@ class EpisodeNode(Node):
             return resp
         mon, goal, instruction = cur
         if req.action == LabelEpisode.Request.RETRY:
+            # (an operator's stage label may not have reached the monitor's loop yet)
+            stage = max(mon.stage, self.labels["stage"]) if self.source == "operator" \
+                else mon.stage
             msg = EpisodeEvent(episode_id=mon.episode_id, event=EpisodeEvent.EVENT_RETRY,
-                               stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
+                               stage=stage, stage_name=STAGE_NAMES[stage],
                                step=self.steps, seed=goal.seed, instruction=instruction,
                                message=req.note)
             msg.header.stamp = self.get_clock().now().to_msg()
