@@ -31,6 +31,7 @@ setup(
             'run_episodes = grrl_trainer.run_episodes:main',
             'episode_node = grrl_trainer.episode_node:main',
             'grrl-bench = grrl_trainer.bench:main',
+            'grrl-data = grrl_trainer.data_cli:main',
         ],
     },
 )

@@ -105,9 +105,12 @@ class ScriptedExpert:
         self.phase_i = -1
         self.moves: list[_Move] = []
         self.t = 0.0
+        self.steps = 0
         self.phase_end = 0.0
         self.done = False
         self.failed = ""
+        self.speed_scale = 1.0
+        """multiplies every speed (a demonstrator creeps with < 1)"""
         self.phases: list[tuple[str, Callable[[np.ndarray], float]]] = [
             ("approach", self._approach), ("descend", self._descend),
             ("grasp", lambda lace: self._set_grip(self.picker, CLOSED)),
@@ -141,7 +144,7 @@ class ScriptedExpert:
         goal[3] = start[3] + wrap(goal[3] - start[3])
         dist = np.linalg.norm(goal[:3] - start[:3])
         duration = max(dist / (speed or self.config.speed),
-                       abs(goal[3] - start[3]) / self.config.turn_speed, 0.3)
+                       abs(goal[3] - start[3]) / self.config.turn_speed, 0.3) / self.speed_scale
         self.moves.append(_Move(side, start, goal, duration))
         return duration
 
@@ -245,6 +248,7 @@ class ScriptedExpert:
         control period; a node passes the measured one, so a slow consumer stays on time)."""
         self.q_measured = np.asarray(q_measured, float)
         self.dt = self.dt if dt is None else dt
+        self.steps += 1
         if self.done:
             return self._with_grips(self.q)
         if self.t >= self.phase_end and not self.moves:
@@ -265,10 +269,22 @@ class ScriptedExpert:
             self.target[side] = m.start + min_jerk(m.t / m.duration) * (m.goal - m.start)
             if m.t >= m.duration:
                 self.moves.remove(m)
-        targets = {s: pose_matrix(self.target[s][:3], yaw_down(self.target[s][3]))
-                   for s in desc.SIDES}
+        targets = {}
+        for s in desc.SIDES:
+            p = self.target[s] + self.target_offset(s)
+            targets[s] = pose_matrix(p[:3], yaw_down(p[3]))
         self.q = self.ik.solve(self.q, targets, self.dt, iterations=2)
         return self._with_grips(self.q)
+
+    def target_offset(self, side: str) -> np.ndarray:
+        """(x, y, z, yaw) added to the tracked target; zero for the clean expert (a
+        demonstrator overrides it with hand jitter)."""
+        return np.zeros(4)
+
+    def insert_phases(self, *phases: tuple[str, Callable[[np.ndarray], float]]) -> None:
+        """Run ``phases`` right after the current one (demonstrators add retries this way)."""
+        for k, phase in enumerate(phases):
+            self.phases.insert(self.phase_i + 1 + k, phase)
 
     def _with_grips(self, q: np.ndarray) -> np.ndarray:
         out = q.copy()

@@ -1,0 +1,175 @@
+"""``grrl-data``: collect demonstrations, inspect a dataset, convert recorded episodes.
+
+    grrl-data collect --out data/demos --episodes 300 --workers 2
+    grrl-data inspect data/demos --plot data/demos/inspect.png
+    grrl-data convert .ros/episodes/ep-* --out data/ros_demos
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from grrl_trainer.collect import CollectConfig, collect
+from grrl_trainer.dataset import DatasetError, EpisodeDataset
+
+LOG = logging.getLogger("grrl-data")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    cfg = CollectConfig(fps=args.fps, images=not args.no_images, image_size=args.image_size,
+                        left_bias=args.left_bias, time_limit=args.time_limit, clean=args.clean)
+    for name in ("miss_prob", "drop_prob", "fail_prob", "creep_prob", "pauses_per_episode",
+                 "jitter_std"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg.demo, name, value)
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    results = collect(Path(args.out), cfg, seeds, args.workers)
+    ok = sum(r[1] for r in results)
+    print(f"collected {len(results)} new episodes into {args.out} "
+          f"({ok} successful); the dataset now has "
+          f"{len(list((Path(args.out) / 'episodes').glob('ep_*.h5')))} episodes")
+    return 0
+
+
+def summarize(ds: EpisodeDataset) -> dict:
+    eps = ds.episodes
+    n = len(eps)
+    lengths = np.array([e["n_steps"] for e in eps])
+    keyframes = [len(e["retry_keyframes"]) for e in eps]
+    flaws = Counter()
+    for e in eps:
+        f = e["flaws"]
+        flaws["misses"] += f.get("misses", 0)
+        flaws["drops"] += f.get("drops", 0)
+        flaws["pauses"] += f.get("pauses", 0)
+        flaws["creeping approaches"] += int(bool(f.get("creep")))
+        flaws["gave up"] += int(bool(f.get("gave_up")))
+    sides = Counter(e["scene"].get("end_side", "?") for e in eps)
+    return {"episodes": n, "successes": sum(bool(e["success"]) for e in eps),
+            "steps": int(lengths.sum()), "length_mean": float(lengths.mean()),
+            "length_min": int(lengths.min()), "length_max": int(lengths.max()),
+            "retry_keyframes": int(sum(keyframes)),
+            "episodes_with_retries": int(sum(k > 0 for k in keyframes)),
+            "flaws": dict(flaws), "end_side": dict(sides), "unreadable": len(ds.errors),
+            "fps": float(eps[0]["fps"]), "cameras": eps[0]["cameras"]}
+
+
+def plot(ds: EpisodeDataset, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = ds.episodes
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ok = [e["n_steps"] / e["fps"] for e in eps if e["success"]]
+    bad = [e["n_steps"] / e["fps"] for e in eps if not e["success"]]
+    ax[0].hist([ok, bad], bins=20, stacked=True, label=["success", "failure"],
+               color=["tab:green", "tab:red"])
+    ax[0].set(xlabel="episode length (s)", ylabel="episodes", title="Episode lengths")
+    ax[0].legend()
+    s = summarize(ds)
+    names = list(s["flaws"])
+    ax[1].bar(names, [s["flaws"][k] for k in names], color="tab:orange")
+    ax[1].set(title="Demonstrator flaws (counts)")
+    ax[1].tick_params(axis="x", rotation=30)
+    # where in the episodes the retries begin
+    rel = [k / e["n_steps"] for e in eps for k in e["retry_keyframes"]]
+    ax[2].hist(rel, bins=20, range=(0, 1), color="tab:blue")
+    ax[2].set(xlabel="retry keyframe / episode length", ylabel="keyframes",
+              title=f"Retry keyframes ({len(rel)})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        ds = EpisodeDataset(args.dataset)
+    except DatasetError as exc:
+        LOG.error("%s", exc)
+        return 2
+    s = summarize(ds)
+    n = s["episodes"]
+    print(f"dataset {args.dataset}: {n} episodes, {s['steps']} steps at {s['fps']:.0f} Hz, "
+          f"cameras: {', '.join(s['cameras']) or 'none'}")
+    print(f"  success: {s['successes']}/{n} ({100 * s['successes'] / n:.1f}%)")
+    print(f"  length: mean {s['length_mean'] / s['fps']:.1f} s "
+          f"(min {s['length_min'] / s['fps']:.1f}, max {s['length_max'] / s['fps']:.1f})")
+    print(f"  retry keyframes: {s['retry_keyframes']} in {s['episodes_with_retries']} episodes "
+          f"(hindsight failed trajectories)")
+    print("  flaws: " + ", ".join(f"{k} {v}" for k, v in s["flaws"].items()))
+    print("  instructed end: " + ", ".join(f"{k} {v}" for k, v in s["end_side"].items()))
+    if ds.errors:
+        print(f"  UNREADABLE episodes skipped: {len(ds.errors)}")
+        for e in ds.errors:
+            print(f"    {e}")
+    if args.plot:
+        plot(ds, Path(args.plot))
+        print(f"  plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=1))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from grrl_trainer.convert import convert_record
+
+    out = Path(args.out)
+    done = 0
+    for rec_dir in args.records:
+        try:
+            path = convert_record(Path(rec_dir), out, fps=args.fps)
+        except DatasetError as exc:
+            LOG.error("%s", exc)
+            continue
+        print(f"{rec_dir} -> {path}")
+        done += 1
+    print(f"converted {done}/{len(args.records)} records into {out}")
+    return 0 if done == len(args.records) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="grrl-data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="collect demonstrations with the flawed demonstrator")
+    c.add_argument("--out", required=True, help="dataset directory (resumed if it exists)")
+    c.add_argument("--episodes", type=int, default=300)
+    c.add_argument("--seed", type=int, default=0, help="first seed (episode i has seed+i)")
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--fps", type=float, default=10.0)
+    c.add_argument("--image-size", type=int, default=128)
+    c.add_argument("--no-images", action="store_true", help="state only (much faster)")
+    c.add_argument("--left-bias", type=float, default=0.8,
+                   help="probability that the instructed end is the left one")
+    c.add_argument("--time-limit", type=float, default=60.0)
+    c.add_argument("--clean", action="store_true", help="the flawless expert instead")
+    for name, help_ in (("miss_prob", "eyelet misses"), ("drop_prob", "lace drops"),
+                        ("fail_prob", "outright failures"), ("creep_prob", "creeping approaches"),
+                        ("pauses_per_episode", "mean pauses"), ("jitter_std", "hand jitter (m)")):
+        c.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name, help=help_)
+    c.set_defaults(func=cmd_collect)
+    i = sub.add_parser("inspect", help="counts, success rate, flaw and keyframe statistics")
+    i.add_argument("dataset")
+    i.add_argument("--plot", help="write a PNG with the statistics")
+    i.add_argument("--json", help="write the statistics as JSON")
+    i.set_defaults(func=cmd_inspect)
+    v = sub.add_parser("convert", help="convert episode records (MCAP) into a dataset")
+    v.add_argument("records", nargs="+", help="rosbag2 episode directories")
+    v.add_argument("--out", required=True)
+    v.add_argument("--fps", type=float, default=10.0)
+    v.set_defaults(func=cmd_convert)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
