@@ -53,3 +53,28 @@ def test_expert_episode_succeeds_and_is_recorded(processes, tmp_path: Path):
     assert len(joint.name) == 16 and joint.name[0] == "left_shoulder_pitch_joint"
     assert (image.height, image.width, image.encoding) == (224, 224, "rgb8")
     assert processes.leftovers() == [launch.proc.pid] or processes.leftovers() == []
+
+
+def test_flawed_demonstration_through_the_graph_converts_to_the_dataset(processes, tmp_path):
+    """The slow collection path: the demonstrator acts through the ROS graph, annotates its
+    retries through the labelling service, and the MCAP converts to a dataset episode."""
+    from grrl_trainer.convert import convert_record
+    from grrl_trainer.dataset import EpisodeDataset
+
+    # seed 3: the demonstrator misses the eyelet once and retries (see its flaw draw)
+    launch = processes.launch(str(LAUNCH), "episodes:=1", "seed:=3", "real_time_factor:=2.0",
+                              "controller:=demonstrator", "time_limit:=60")
+    assert launch.wait(240) == 0, launch.output[-3000:]
+    out = launch.output
+    record = Path(re.search(r"record: (\S+)", out.split("episode 1/1")[1]).group(1))
+    path = convert_record(record, tmp_path)
+    ds = EpisodeDataset(tmp_path, strict=True)
+    meta = ds.episodes[0]
+    assert path.name == "ep_000003.h5" and meta["source"] == "ros"
+    assert meta["success"] == ("SUCCESS" in out.split("episode 1/1")[1].splitlines()[0])
+    assert len(meta["retry_keyframes"]) >= 1
+    assert meta["cameras"] == ["head", "left_wrist", "right_wrist"]
+    steps = meta["n_steps"]
+    stamps = ds.load(0, "timestamp")
+    assert abs((stamps[-1] - stamps[0]) * 10 - (steps - 1)) < 3    # 10 Hz steps
+    assert ds.load(0, "observation/images/head").shape == (steps, 224, 224, 3)

@@ -22,8 +22,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
+from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
 from grrl_interfaces.msg import EpisodeEvent, TaskState
+from grrl_interfaces.srv import LabelEpisode
 
 
 
@@ -34,8 +36,14 @@ class ExpertNode(Node):
     def __init__(self) -> None:
         super().__init__("scripted_expert")
         self.declare_parameter("control_rate", 50.0, NUMBER)
+        # flawed: act like a human teleoperator (bytemini_driver.demonstrator) and annotate
+        # retry keyframes through the episode node's labelling service
+        self.declare_parameter("flawed", False)
         self.dt = 1.0 / float(self.get_parameter("control_rate").value)
-        self.expert = ScriptedExpert()
+        self.flawed = bool(self.get_parameter("flawed").value)
+        self.expert = FlawedDemonstrator() if self.flawed else ScriptedExpert()
+        self.labels = self.create_client(LabelEpisode, "grrl/label_episode")
+        self.labelled = 0
         self.names = desc.actuated_joint_names()
         self.task: TaskState | None = None
         self.active_seed: int | None = None
@@ -83,8 +91,10 @@ class ExpertNode(Node):
                 return  # still the previous scene
             self.used_scene = st.scene_seq
             c, d = st.eyelet_center, st.threading_direction
+            extra = {"seed": int(st.seed)} if self.flawed else {}
             self.expert.reset(st.end_side, np.array([c.x, c.y, c.z]), np.array([d.x, d.y, d.z]),
-                              q, len(st.lace), self.dt)
+                              q, len(st.lace), self.dt, **extra)
+            self.labelled = 0
             self.running = True
             self.last_stamp = None
         if self.expert.done:
@@ -96,6 +106,10 @@ class ExpertNode(Node):
         if dt <= 0.0:
             return
         target = self.expert.act(lace, q, dt)
+        if self.flawed and len(self.expert.flaws.retry_keyframes) > self.labelled:
+            self.labelled += 1                    # annotate the retry, as an operator would
+            self.labels.call_async(LabelEpisode.Request(action=LabelEpisode.Request.RETRY,
+                                                        note="demonstrator retry"))
         prev = self.last_q if self.last_q is not None else q
         self.last_q = target
         point = JointTrajectoryPoint(positions=target.tolist(),

@@ -141,7 +141,8 @@ def write_info(root: Path, config: CollectConfig) -> None:
     info_path = root / "info.json"
     info = {"schema_version": SCHEMA_VERSION, "fps": config.fps, "images": config.images,
             "image_size": config.image_size, "cameras": list(desc.CAMERAS),
-            "joint_names": desc.actuated_joint_names(), "collection": asdict(config)}
+            "joint_names": desc.actuated_joint_names(),
+            "collection": json.loads(json.dumps(asdict(config)))}  # as it reads back
     if info_path.exists():
         old = json.loads(info_path.read_text())
         if old.get("collection") != info["collection"]:

@@ -1,0 +1,122 @@
+"""Episode dataset: writing, validation of bad files, TD windows with hindsight failures,
+on-the-fly mirroring, and resumable collection with the flawed demonstrator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from grrl_trainer import keys
+from grrl_trainer.collect import CollectConfig, collect
+from grrl_trainer.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
+                                  read_meta, write_episode)
+from grrl_trainer.mirror import mirror_sample
+from grrl_trainer.windows import TransitionWindows, WindowConfig
+
+
+def record(seed: int, T: int, success: bool, keyframes=(), images: bool = True) -> EpisodeRecord:
+    rng = np.random.default_rng(seed)
+    quat = np.tile([1.0, 0, 0, 0], (T, 2, 1))
+    tcp = np.concatenate([rng.normal(size=(T, 2, 3)), quat], axis=-1)
+    q = rng.normal(size=(T, 16)) * 0.1
+    step = np.arange(T, dtype=float)
+    return EpisodeRecord(
+        episode_id=f"ep_{seed:06d}", seed=seed, instruction="thread the left lace end",
+        success=success, fps=10.0, timestamp=step / 10, joints=q, tcp=tcp, gripper=q[:, [7, 15]],
+        action_joints=q + step[:, None], action_tcp=tcp, action_gripper=q[:, [7, 15]],
+        stage=np.minimum(step // 3, 4).astype(np.uint8), retry_keyframes=list(keyframes),
+        images={c: rng.integers(0, 255, (T, 6, 8, 3), dtype=np.uint8) for c in keys.CAMERAS}
+        if images else {})
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    write_episode(episode_path(tmp_path, 1), record(1, 10, True, keyframes=[4]))
+    write_episode(episode_path(tmp_path, 2), record(2, 6, False))
+    return tmp_path
+
+
+def test_windows_reward_done_and_hindsight_failures(tiny: Path):
+    ds = EpisodeDataset(tiny)
+    win = TransitionWindows(ds, WindowConfig(horizon=3, images=True))
+    # episode 1 (10 steps, success) + its hindsight failure tau_{0:4} (5 steps) + episode 2 (6)
+    assert [(s.length, s.success, s.hindsight) for s in win.segments] == \
+        [(10, True, False), (5, False, True), (6, False, False)]
+    assert len(win) == 21
+    s = win[7]                                       # t=7 of the success: the last chunk
+    assert s["done"] and s["reward"] == 1.0 and s["timestep"] == 7
+    assert list(s["action_mask"]) == [True, True, True]
+    np.testing.assert_array_equal(s[keys.ACTION_JOINTS][:, 0],
+                                  ds.load(0, keys.ACTION_JOINTS, slice(7, 10))[:, 0])
+    s = win[8]                                       # t=8: padded past the end
+    assert list(s["action_mask"]) == [True, True, False] and s["reward"] == 1.0
+    np.testing.assert_array_equal(s[keys.ACTION_JOINTS][2], s[keys.ACTION_JOINTS][1])
+    np.testing.assert_array_equal(s["next." + keys.STATE_JOINTS],
+                                  ds.load(0, keys.STATE_JOINTS, 9))
+    s = win[6]
+    assert not s["done"] and s["reward"] == 0.0
+    h = win[10 + 3]                                  # hindsight trajectory, t=3 of 5
+    assert h["hindsight"] and h["done"] and h["reward"] == 0.0 and h["length"] == 5
+    f = win[15 + 5]                                  # failed episode, last step
+    assert f["done"] and f["reward"] == 0.0
+    assert f[keys.IMAGE.format(camera="head")].shape == (6, 8, 3)
+
+
+def test_on_the_fly_mirroring(tiny: Path):
+    ds = EpisodeDataset(tiny)
+    plain = TransitionWindows(ds, WindowConfig(horizon=3))[2]
+    mirrored = TransitionWindows(ds, WindowConfig(horizon=3, mirror_prob=1.0))[2]
+    assert mirrored["mirrored"] and mirrored[keys.INSTRUCTION] == "thread the right lace end"
+    back = mirror_sample({k: v for k, v in mirrored.items() if not k.startswith("next.")})
+    for k in (keys.STATE_JOINTS, keys.ACTION_TCP, keys.IMAGE.format(camera="left_wrist")):
+        np.testing.assert_array_equal(back[k], plain[k])
+    np.testing.assert_array_equal(mirrored["next." + keys.STATE_JOINTS],
+                                  plain["next." + keys.STATE_JOINTS][..., np.r_[8:16, 0:8]])
+
+
+def test_bad_files_are_named_and_the_rest_loads(tiny: Path, caplog):
+    good = episode_path(tiny, 1)
+    truncated = episode_path(tiny, 3)
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    future = episode_path(tiny, 4)
+    write_episode(future, record(4, 5, True))
+    with h5py.File(future, "a") as f:
+        f.attrs["schema_version"] = 99
+    ds = EpisodeDataset(tiny)
+    assert [m["seed"] for m in ds.episodes] == [1, 2]
+    assert any("ep_000003.h5: unreadable or corrupt" in e for e in ds.errors)
+    assert any("ep_000004.h5: schema version 99 is not supported" in e for e in ds.errors)
+    with pytest.raises(DatasetError, match="ep_000003.h5"):
+        EpisodeDataset(tiny, strict=True)
+    with pytest.raises(DatasetError, match="no episodes"):
+        EpisodeDataset(tiny / "nothing")
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = record(5, 5, True)
+        bad.joints[2, 3] = np.nan
+        write_episode(episode_path(tiny, 5), bad)
+    assert not episode_path(tiny, 5).exists()
+
+
+@pytest.mark.slow
+def test_collection_is_resumable_and_annotates_retries(tmp_path: Path):
+    cfg = CollectConfig(image_size=32, left_bias=1.0, time_limit=40.0)
+    cfg.demo.miss_prob, cfg.demo.fail_prob, cfg.demo.drop_prob = 1.0, 0.0, 0.0
+    first = collect(tmp_path, cfg, [0, 1], workers=1, progress=False)
+    assert len(first) == 2
+    for seed in (0, 1):
+        meta = read_meta(episode_path(tmp_path, seed))
+        assert "left lace end" in meta["instruction"] and meta["cameras"] == list(keys.CAMERAS)
+        assert 1 <= len(meta["retry_keyframes"]) and meta["flaws"]["misses"] >= 1
+        assert 0 < meta["retry_keyframes"][0] < meta["n_steps"]
+    # a killed run leaves a temp file and a corrupt episode: both are handled on resume
+    (tmp_path / "episodes" / "ep_000002.tmp123").write_bytes(b"partial")
+    episode_path(tmp_path, 1).write_bytes(b"garbage")
+    again = collect(tmp_path, cfg, [0, 1], workers=1, progress=False)
+    assert [r[0] for r in again] == [1]               # only the corrupt one, no duplicates
+    assert not list((tmp_path / "episodes").glob("*.tmp*"))
+    assert len(EpisodeDataset(tmp_path, strict=True)) == 2
+    other = CollectConfig(image_size=64)
+    with pytest.raises(DatasetError, match="other settings"):
+        collect(tmp_path, other, [5], workers=1, progress=False)
