@@ -25,6 +25,9 @@ setup(
     description='GR-RL application package: datasets and episode recording, mirror augmentation, BC and online steering-RL training, the episode node, and grrl-launch (a pip-only runner of the launch/ files).',
     license='Apache-2.0',
     entry_points={
+        'grrl.benchmarks': [
+            'data = grrl_trainer.bench_data:main',
+        ],
         'console_scripts': [
             'grrl-launch = grrl_trainer.launcher:main',
             'grrl-run-episodes = grrl_trainer.run_episodes:main',

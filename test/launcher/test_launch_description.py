@@ -92,6 +92,7 @@ def test_argument_errors(testpkg: Path, launch_dir: Path, tmp_path: Path):
     ("<notlaunch/>", "root element must be <launch>"),
     ("<launch><timer period='1'/></launch>", "unsupported tag <timer>"),
     ("<launch><set-env name='A' value='1'/></launch>", "unsupported tag <set-env>"),
+    ("<launch><executable cmd='true' cwd='/'/></launch>", r"unsupported attribute\(s\) \['cwd'\]"),
     ("<launch><let name='x' value='$(eval 1+1)'/></launch>", r"unsupported substitution '\$\(eval"),
     ("<launch><let name='x' value='$(optenv A)'/></launch>", r"unsupported substitution '\$\(optenv"),
     ("<launch><let name='x' value='$(var y'/></launch>", "unbalanced"),
@@ -116,3 +117,14 @@ def test_substitutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert ctx.subst("$(anon n)") == ctx.subst("$(anon n)") != "n"
     with pytest.raises(LaunchError, match="environment variable 'GRRL_NOPE' is not set"):
         ctx.subst("$(env GRRL_NOPE)")
+
+
+def test_non_executable_command_is_refused(tmp_path: Path):
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\n")
+    f = tmp_path / "x.launch.xml"
+    f.write_text(f"<launch><executable cmd='{script}'/></launch>")
+    with pytest.raises(LaunchError, match=r"not found \(or not executable\)"):
+        load_launch_file(f)
+    script.chmod(0o755)
+    assert load_launch_file(f).processes[0].cmd == [str(script)]

@@ -23,7 +23,6 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, Vector3
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -35,6 +34,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from bytemini_driver.image_codec import encode_raw
+from bytemini_driver.node_main import run_node
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
 from grrl_interfaces.msg import TaskState
 from grrl_interfaces.srv import ResetScene
@@ -100,7 +100,8 @@ class DriverNode(LifecycleNode):
         self.params = p
         self.dt = 1.0 / float(p["control_rate"])
         self.camera_every = max(1, round(float(p["control_rate"]) / float(p["camera_rate"])))
-        self.follower = TrajectoryFollower(len(self.names))
+        self.follower = TrajectoryFollower(len(self.names), self.limits.lower,
+                                           self.limits.upper)
         try:
             q, _ = self.driver.joint_state()
         except DriverFault as exc:
@@ -111,6 +112,7 @@ class DriverNode(LifecycleNode):
         self.target = q.copy()
         self.follower.hold(q)
         self.last_command_time = -math.inf
+        self.last_reset: tuple[bool, dict[str, str]] = (False, {})
         self.tick = 0
         self.pub_js = self.create_lifecycle_publisher(JointState, "bytemini/joint_states", 10)
         self.pub_tcp = {s: self.create_lifecycle_publisher(PoseStamped, f"bytemini/{s}/tcp_pose",
@@ -139,6 +141,15 @@ class DriverNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        try:  # the robot may have been moved while inactive: start from where it is
+            q, _ = self.driver.joint_state()
+        except DriverFault as exc:
+            self.get_logger().error(f"activate failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.target = q.copy()
+        self.follower.hold(q)
+        self.servo.clear()
+        self.last_command_time = -math.inf
         rtf = float(self.params["real_time_factor"])
         self.timer = self.create_timer(self.dt / rtf, self.on_tick)
         self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor {rtf}")
@@ -201,10 +212,11 @@ class DriverNode(LifecycleNode):
                                np.asarray(p.velocities, float) if len(p.velocities) else None,
                                np.asarray(p.accelerations, float) if len(p.accelerations)
                                else None) for p in msg.points]
-            traj = validate(list(msg.joint_names), points, self.limits)
+            traj = validate(list(msg.joint_names), points, self.limits, start=self.target)
         except TrajectoryError as exc:
             self.get_logger().error(f"rejected command, holding position: {exc}")
             self.follower.hold(self.target)
+            self.servo.clear()
             return
         now = self.now_s()
         self.servo.clear()  # the latest command type wins
@@ -258,8 +270,13 @@ class DriverNode(LifecycleNode):
         except TrajectoryError as exc:
             self.get_logger().error(f"rejected {side} gripper command: {exc}")
             return
-        if self.servo.active:  # keep servoing the arms; just move the fingers
+        if self.servo.active or self.follower.active is not None:
+            # keep the arms' motion; the gripper servo moves the fingers at its own speed
             self.target[k] = msg.data
+            if self.follower.hold_q is not None:
+                self.follower.hold_q[k] = msg.data
+            if self.follower.active is not None:
+                self.follower.start_q[k] = msg.data
             return
         now = self.now_s()
         self.follower.start(traj, now, self.target)
@@ -270,16 +287,18 @@ class DriverNode(LifecycleNode):
         if self.driver is None:
             response.success, response.message = False, "driver not configured"
             return response
+        options = {kv.key: kv.value for kv in request.options}
         try:
-            info = self.driver.reset(int(request.seed), bool(request.mirrored),
-                                     {kv.key: kv.value for kv in request.options})
+            info = self.driver.reset(int(request.seed), bool(request.mirrored), options)
         except (ValueError, NotImplementedError, DriverFault) as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().error(f"reset failed: {exc}")
             return response
+        self.last_reset = (bool(request.mirrored), options)
         q, _ = self.driver.joint_state()
         self.target = q.copy()
         self.follower.hold(q)
+        self.servo.clear()
         self.last_command_time = -math.inf
         from grrl_interfaces.msg import KeyValue
 
@@ -303,8 +322,14 @@ class DriverNode(LifecycleNode):
             else:  # hardware: stop commanding; the robot's controller holds
                 self.get_logger().error(f"driver fault, not commanding: {exc}",
                                         throttle_duration_sec=2.0)
+        except Exception as exc:  # noqa: BLE001 - never let the control loop die: hold
+            self.get_logger().error(f"control tick failed, holding: {exc!r}",
+                                    throttle_duration_sec=2.0)
+            self.servo.clear()
+            self.follower.hold(self.target)
 
     def _tick(self, drv: RobotDriver) -> None:
+        drv.joint_state()  # freshness first: a stale robot state raises before any command
         now = self.now_s()
         stale = now - self.last_command_time > float(self.params["watchdog_timeout"])
         if stale and (self.follower.active is not None or self.servo.active):
@@ -387,33 +412,31 @@ class DriverNode(LifecycleNode):
             pass
         if st is not None:
             seed = int(st["seed"])
+        mirrored, options = self.last_reset
         try:
-            self.driver.reset(seed, False, {})
+            self.driver.reset(seed, mirrored, options)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"reset after fault failed: {exc}")
             return
         q, _ = self.driver.joint_state()
         self.target = q.copy()
         self.follower.hold(q)
+        self.servo.clear()
+        self.last_command_time = -math.inf
         self._publish_task(failure=f"physics fault: {reason}")
 
 
+def _autostart(node: DriverNode) -> None:
+    if node.get_parameter("autostart").value:
+        # without a lifecycle manager, walk to active ourselves
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
+                node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().fatal("autostart failed")
+            raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
-    rclpy.init(args=argv)
-    node = DriverNode()
-    try:
-        if node.get_parameter("autostart").value:
-            # without a lifecycle manager, walk to active ourselves
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
-                    node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart failed")
-                raise SystemExit(1)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(DriverNode, argv, before_spin=_autostart)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class ExpertConfig:
     """how far past the eyelet (along the threading direction) the end is put down (m)"""
     grip_time: float = 0.35
     """seconds to close or open a gripper"""
+    resync: float = 0.25
+    """rad: when the robot is this far from the commanded joints, re-plan from it"""
     grasp_vertex: int = 2
     """vertex (from the end) the picker grasps: the back of the aglet"""
 
@@ -97,6 +99,8 @@ class ScriptedExpert:
         self.receiver = other_side(end_side)
         self.q = np.asarray(q, float).copy()
         self.ik.set_posture(self.q)
+        if hasattr(self, "target"):
+            del self.target  # this episode's home is where the arms are now
         self.home = {s: self._pose4(s) for s in desc.SIDES}
         # every arm always tracks a fixed goal; re-reading an idle arm's pose each period
         # would let the posture task walk it away (a held aglet would drift off the eyelet)
@@ -249,6 +253,11 @@ class ScriptedExpert:
         self.q_measured = np.asarray(q_measured, float)
         self.dt = self.dt if dt is None else dt
         self.steps += 1
+        drift = np.abs(self.q_measured - self.q)
+        if drift.max() > self.config.resync:
+            # the robot is not where we commanded (a refused command, a hold): plan from
+            # where it is, or every later command would be refused too
+            self.q = self.q_measured.copy()
         if self.done:
             return self._with_grips(self.q)
         if self.t >= self.phase_end and not self.moves:

@@ -30,6 +30,13 @@ class JointLimits:
     """rad (m for the gripper) a waypoint may exceed a position limit by"""
     velocity_tolerance: float = 1.05
     """factor a waypoint velocity may exceed the velocity limit by"""
+    min_segment_time: float = 0.1
+    """segments shorter than this are judged over this time: a streaming commander's points
+    come in bursts, and one 20 ms step says little about speed"""
+    implied_velocity_tolerance: float = 3.0
+    """factor the speed implied by consecutive waypoints may exceed the limit by: a guard
+    against garbage (jumps), not a speed limit: streaming commanders splice onto a target
+    that may lag their own, and the servos bound the actual speed"""
 
 
 @dataclass
@@ -52,8 +59,15 @@ class Trajectory:
         return self.points[-1].t if self.points else 0.0
 
 
-def validate(names: list[str], points: list[Waypoint], limits: JointLimits) -> Trajectory:
-    """Check a command; raise :class:`TrajectoryError` naming the first problem."""
+def validate(names: list[str], points: list[Waypoint], limits: JointLimits,
+             start: np.ndarray | None = None) -> Trajectory:
+    """Check a command; raise :class:`TrajectoryError` naming the first problem.
+
+    ``start`` (the full current target vector) also checks the speed the command implies:
+    each arm joint must be able to reach each waypoint in time (|dp| / dt within the velocity
+    limit), from the current target to the first point and between points. Grippers are
+    position-servoed at their own speed, so only their range is checked.
+    """
     if not names:
         raise TrajectoryError("no joint names")
     if len(set(names)) != len(names):
@@ -96,6 +110,26 @@ def validate(names: list[str], points: list[Waypoint], limits: JointLimits) -> T
                 j = bad[0]
                 raise TrajectoryError(f"point {k}: {names[j]} velocity {p.velocities[j]:.3f} "
                                       f"exceeds {vmax[j]:.3f}")
+    arm = np.array([not n.endswith("gripper_finger_joint") for n in names])
+    prev_t = 0.0
+    prev_p = None if start is None else np.asarray(start, float)[idx]
+    for k, p in enumerate(points):
+        if prev_p is not None and arm.any():
+            dt = p.t - prev_t
+            dp = np.abs(p.positions - prev_p)[arm]
+            vmax_arm = vmax[arm] * limits.implied_velocity_tolerance
+            if dt <= 0:
+                if np.any(dp > limits.position_tolerance):
+                    raise TrajectoryError(f"point {k}: a jump of {dp.max():.3f} at "
+                                          "time_from_start 0")
+            else:
+                span = max(dt, limits.min_segment_time)
+                if np.any(dp / span > vmax_arm):
+                    j = int(np.argmax(dp / span / vmax_arm))
+                    name = [n for n, a in zip(names, arm) if a][j]
+                    raise TrajectoryError(f"point {k}: {name} would need {dp[j] / dt:.2f} "
+                                          f"rad/s (limit {vmax[arm][j]:.2f})")
+        prev_t, prev_p = p.t, p.positions
     return Trajectory(idx, list(points))
 
 
@@ -115,8 +149,10 @@ def _quintic(p0, v0, a0, p1, v1, a1, T, t):
 class TrajectoryFollower:
     """Samples the active trajectory into full-vector position targets each control tick."""
 
-    def __init__(self, n_joints: int):
+    def __init__(self, n_joints: int, lower: np.ndarray | None = None,
+                 upper: np.ndarray | None = None):
         self.n = n_joints
+        self.lower, self.upper = lower, upper
         self.active: Trajectory | None = None
         self.start_time = 0.0
         self.start_q = np.zeros(n_joints)
@@ -142,6 +178,8 @@ class TrajectoryFollower:
     def sample(self, now: float, current_target: np.ndarray) -> np.ndarray:
         """Full joint vector target at ``now``."""
         out = self._sample(now, current_target)
+        if self.lower is not None:
+            out = np.clip(out, self.lower, self.upper)   # a quintic may overshoot a limit
         if self._last is not None and now > self._last[0]:
             self._vel = (out - self._last[1]) / (now - self._last[0])
         self._last = (now, out.copy())

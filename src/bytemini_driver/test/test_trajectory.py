@@ -7,7 +7,7 @@ import pytest
 from bytemini_driver.trajectory import (JointLimits, TrajectoryError, TrajectoryFollower,
                                         Waypoint, validate)
 
-LIMITS = JointLimits(["a", "b", "c"], np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 0.04]),
+LIMITS = JointLimits(["a", "b", "g_gripper_finger_joint"], np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 0.04]),
                      np.array([2.0, 2.0, 0.1]))
 
 
@@ -24,7 +24,7 @@ def wp(t, p, v=None, a=None):
     (["a", "b"], [wp(1, [0])], "1 positions for 2 joints"),
     (["a"], [wp(1, [np.nan])], "non-finite position"),
     (["a"], [wp(1, [1.5])], r"a = 1.5000 outside \[-1.0000, 1.0000\]"),
-    (["c"], [wp(1, [0.05])], "c = 0.0500 outside"),
+    (["g_gripper_finger_joint"], [wp(1, [0.05])], "g_gripper_finger_joint = 0.0500 outside"),
     (["a"], [wp(1, [0.0], [np.inf])], "non-finite velocity"),
     (["a"], [wp(1, [0.0], [3.0])], "velocity 3.000 exceeds 2.000"),
     (["a"], [wp(1, [0.0]), wp(0.5, [0.1])], "increasing"),
@@ -63,3 +63,27 @@ def test_hold_aborts_the_trajectory():
     f.hold(mid)
     assert f.active is None
     assert np.allclose(f.sample(5.0, mid), mid)
+
+
+def test_implied_speed_is_checked_from_the_current_target():
+    start = np.array([0.0, 0.0, 0.02])
+    with pytest.raises(TrajectoryError, match=r"a would need 10.00 rad/s \(limit 2.00\)"):
+        validate(["a"], [wp(0.1, [1.0])], LIMITS, start=start)
+    with pytest.raises(TrajectoryError, match=r"a would need 50.00 rad/s"):
+        validate(["a"], [wp(0.02, [1.0])], LIMITS, start=start)
+    validate(["a"], [wp(0.02, [0.5])], LIMITS, start=start)         # a burst step: judged over 0.1 s
+    with pytest.raises(TrajectoryError, match="a jump of 0.500 at time_from_start 0"):
+        validate(["a"], [wp(0.0, [0.5])], LIMITS, start=start)
+    with pytest.raises(TrajectoryError, match="b would need"):
+        validate(["b"], [wp(0.5, [0.5]), wp(0.55, [-0.5])], LIMITS, start=start)
+    validate(["a"], [wp(0.25, [1.0])], LIMITS, start=start)         # 4 rad/s: tolerated
+    validate(["g_gripper_finger_joint"], [wp(0.02, [0.0])], LIMITS, start=start)  # servoed
+
+
+def test_sampled_targets_stay_inside_the_limits():
+    traj = validate(["a"], [wp(0.5, [0.99], [1.9]), wp(1.0, [0.99])], LIMITS)
+    f = TrajectoryFollower(3, LIMITS.lower, LIMITS.upper)
+    f.hold(np.zeros(3))
+    f.start(traj, 0.0, np.zeros(3))
+    out = np.array([f.sample(t, np.zeros(3)) for t in np.arange(0, 1.0, 0.005)])
+    assert out[:, 0].max() <= 1.0

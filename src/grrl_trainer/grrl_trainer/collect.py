@@ -53,6 +53,10 @@ def pose7(T: np.ndarray) -> np.ndarray:
     return np.r_[T[:3, 3], quat_wxyz(T[:3, :3])]
 
 
+class InvalidEpisode(RuntimeError):
+    """The simulation blew up; the episode is not stored."""
+
+
 class Collector:
     """One simulator and demonstrator; collects episodes one after another."""
 
@@ -103,8 +107,11 @@ class Collector:
                 if state.success or state.jammed or demo.done:
                     break
         except PhysicsError as exc:
-            LOG.warning("seed %d: %s", seed, exc)
+            # an invalid episode: nothing to learn from, and not a failure of the operator
+            raise InvalidEpisode(f"seed {seed}: {exc}") from exc
         n = len(obs["t"])
+        if n == 0 or not targets:
+            raise InvalidEpisode(f"seed {seed}: no steps recorded")
         targets = (targets + [targets[-1]] * n)[:n]
         action_joints = np.array(targets)
         action_tcp = np.array([[pose7(demo.ik.fk(a, s)) for s in desc.SIDES]
@@ -132,7 +139,11 @@ def _work(job: tuple[CollectConfig, int, str]) -> tuple[int, bool, dict]:
     config, seed, root = job
     if _COLLECTOR is None:
         _COLLECTOR = Collector(config)
-    rec = _COLLECTOR.episode(seed)
+    try:
+        rec = _COLLECTOR.episode(seed)
+    except InvalidEpisode as exc:
+        LOG.warning("skipped invalid episode: %s", exc)
+        return seed, None, {"invalid": str(exc)}
     write_episode(episode_path(Path(root), seed), rec)
     return seed, rec.success, rec.flaws
 

@@ -19,7 +19,7 @@ from grrl_trainer.collect import GRIPPERS, pose7
 from grrl_trainer.dataset import DatasetError, EpisodeRecord, episode_path, write_episode
 from grrl_trainer.recorder import typestore_with_custom_types
 
-EVENT_STARTED, EVENT_RETRY, EVENT_FINISHED = 0, 2, 3
+EVENT_STARTED, EVENT_RETRY, EVENT_FINISHED, EVENT_ABORTED, EVENT_INVALID = 0, 2, 3, 4, 5
 
 
 def _pose7_msg(m) -> np.ndarray:
@@ -50,9 +50,15 @@ def convert_record(record: Path, out_root: Path, fps: float = 10.0,
             raise DatasetError(f"{record}: no '{need}' messages")
     events = [m for _, m in streams["episode"]]
     started = next((e for e in events if e.event == EVENT_STARTED), None)
-    final = events[-1]
-    if started is None or final.event == EVENT_STARTED:
+    ends = [e for e in events if e.event in (EVENT_FINISHED, EVENT_ABORTED, EVENT_INVALID)]
+    if started is None or not ends:
         raise DatasetError(f"{record}: the episode has no start or no end event")
+    final = ends[-1]
+    if final.event == EVENT_INVALID or (final.event == EVENT_ABORTED
+                                        and not final.message.startswith("time limit")):
+        raise DatasetError(f"{record}: the episode ended as "
+                           f"{'invalid' if final.event == EVENT_INVALID else 'aborted'} "
+                           f"({final.message}); not a demonstration")
     names = desc.actuated_joint_names()
     joints = streams["joint_states"]
     if list(joints[0][1].name) != names:

@@ -31,9 +31,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
             setattr(cfg.demo, name, value)
     seeds = list(range(args.seed, args.seed + args.episodes))
     results = collect(Path(args.out), cfg, seeds, args.workers)
-    ok = sum(r[1] for r in results)
-    print(f"collected {len(results)} new episodes into {args.out} "
-          f"({ok} successful); the dataset now has "
+    ok = sum(bool(r[1]) for r in results)
+    invalid = sum(r[1] is None for r in results)
+    print(f"collected {len(results) - invalid} new episodes into {args.out} "
+          f"({ok} successful, {invalid} invalid and not stored); the dataset now has "
           f"{len(list((Path(args.out) / 'episodes').glob('ep_*.h5')))} episodes")
     return 0
 

@@ -186,14 +186,20 @@ class EpisodeDataset:
     def __len__(self) -> int:
         return len(self.episodes)
 
+    #: open files kept per process (least recently used are closed beyond this)
+    MAX_OPEN = 64
+
     def file(self, i: int) -> h5py.File:
         """Open handle of episode ``i`` (per process: safe with forked loader workers)."""
         if os.getpid() != self._pid:
             self._files, self._pid = {}, os.getpid()
-        f = self._files.get(i)
+        f = self._files.pop(i, None)
         if f is None:
             f = h5py.File(self.episodes[i]["path"], "r")
-            self._files[i] = f
+            while len(self._files) >= self.MAX_OPEN:
+                oldest = next(iter(self._files))
+                self._files.pop(oldest).close()
+        self._files[i] = f  # (re)inserted last: dicts keep insertion order
         return f
 
     def load(self, i: int, name: str, index: Any = slice(None)) -> np.ndarray:

@@ -46,6 +46,10 @@ RECORD_TOPICS = {
     "bytemini/left/tcp_pose": "geometry_msgs/msg/PoseStamped",
     "bytemini/right/tcp_pose": "geometry_msgs/msg/PoseStamped",
     "bytemini/command/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "bytemini/command/left/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/right/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/left/gripper": "std_msgs/msg/Float64",
+    "bytemini/command/right/gripper": "std_msgs/msg/Float64",
     "bytemini/sim/task_state": "grrl_interfaces/msg/TaskState",
     "grrl/action_chunk": "grrl_interfaces/msg/ActionChunk",
     "grrl/episode": "grrl_interfaces/msg/EpisodeEvent",
@@ -72,6 +76,7 @@ class EpisodeNode(Node):
         self.declare_parameter("record_images", True)
         self.declare_parameter("reset_timeout", 10.0, NUMBER)
         self.declare_parameter("feedback_rate", 2.0, NUMBER)
+        self.declare_parameter("state_timeout", 5.0, NUMBER)   # wall s without task state
         # where stages come from: the simulator's task state, or an operator's labels
         self.declare_parameter("stage_source", "sim")
         self.source = self.get_parameter("stage_source").value
@@ -88,6 +93,8 @@ class EpisodeNode(Node):
                                                callback_group=group)
         self.task: TaskState | None = None
         self.failure: TaskState | None = None
+        self.min_scene = 0
+        self.task_wall = 0.0
         self.task_lock = threading.Lock()
         self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
                                  callback_group=group)
@@ -116,7 +123,10 @@ class EpisodeNode(Node):
     # ------------------------------------------------------------------- inputs
     def on_task(self, msg: TaskState) -> None:
         with self.task_lock:
+            if msg.scene_seq < self.min_scene:
+                return  # still the previous scene (queued before our reset)
             self.task = msg
+            self.task_wall = time.monotonic()
             if msg.failed and self.failure is None:
                 self.failure = msg  # latched: the loop samples only the latest state
 
@@ -212,7 +222,18 @@ class EpisodeNode(Node):
 
     def execute(self, handle) -> RunEpisode.Result:
         with self.busy:
-            return self._run(handle)
+            try:
+                return self._run(handle)
+            except Exception as exc:  # noqa: BLE001 - never leave a half-open episode
+                self.get_logger().error(f"episode failed: {exc!r}")
+                if handle.is_active:
+                    handle.abort()
+                return RunEpisode.Result(message=f"invalid: internal error {exc!r}")
+            finally:
+                self.current = None
+                if self.recorder is not None:
+                    rec, self.recorder = self.recorder, None
+                    rec.close()
 
     def _run(self, handle) -> RunEpisode.Result:
         goal: RunEpisode.Goal = handle.request
@@ -220,6 +241,8 @@ class EpisodeNode(Node):
             float(self.get_parameter("time_limit").value)
         mon = EpisodeMonitor(new_episode_id(goal.seed), limit)
         result = RunEpisode.Result(episode_id=mon.episode_id)
+        with self.task_lock:
+            prev_scene = self.task.scene_seq if self.task is not None else -1
         reset = self._reset(goal)
         if isinstance(reset, str):
             self.get_logger().error(reset)
@@ -232,6 +255,7 @@ class EpisodeNode(Node):
         with self.task_lock:
             self.task = None  # only states of the new scene count
             self.failure = None
+            self.min_scene = prev_scene + 1
         record_path = ""
         if self.get_parameter("record").value:
             base = self.get_parameter("record_dir").value or os.path.join(
@@ -248,6 +272,8 @@ class EpisodeNode(Node):
         period = 1.0 / float(self.get_parameter("feedback_rate").value)
         next_feedback = 0.0
         seen_scene: int | None = None
+        self.task_wall = time.monotonic()
+        state_timeout = float(self.get_parameter("state_timeout").value)
         while not mon.done:
             if handle.is_cancel_requested:
                 mon.finish(CANCELLED, "cancelled")
@@ -264,6 +290,10 @@ class EpisodeNode(Node):
             else:
                 with self.task_lock:
                     st = self.failure or self.task
+                    silent = time.monotonic() - self.task_wall
+                if silent > state_timeout:
+                    mon.finish(INVALID, f"no task state from the driver for {silent:.0f} s")
+                    break
             if st is not None:
                 if seen_scene is None:
                     seen_scene = st.scene_seq

@@ -407,8 +407,21 @@ class _Parser:
         self._names[label] = n + 1
         return label if n == 0 else f"{label}-{n + 1}"
 
+    #: attributes understood per tag; anything else is refused, never silently ignored
+    ATTRS = {
+        "node": {"pkg", "exec", "name", "namespace", "args", "ros_args", "output", "on_exit",
+                 "respawn", "respawn_delay", "sigterm_timeout", "sigkill_timeout", "if",
+                 "unless"},
+        "executable": {"cmd", "name", "output", "on_exit", "respawn", "respawn_delay",
+                       "sigterm_timeout", "sigkill_timeout", "if", "unless"},
+    }
+
     def _common(self, el: ET.Element, ctx: Context, spec: ProcessSpec) -> None:
         spec.source = f"{ctx.file}:<{el.tag}>"
+        unknown = sorted(set(el.attrib) - self.ATTRS[el.tag])
+        if unknown:
+            raise LaunchError(f"{spec.source}: unsupported attribute(s) {unknown} (supported: "
+                              f"{sorted(self.ATTRS[el.tag])})")
         spec.env = dict(ctx.env)
         spec.output = ctx.subst(el.attrib.get("output", "screen"))
         if spec.output not in ("screen", "log", "both"):
@@ -433,8 +446,10 @@ class _Parser:
         cmd = shlex.split(ctx.subst(el.attrib.get("cmd")))
         if not cmd:
             raise LaunchError(f"{self.where(ctx, el)}: <executable> needs a cmd")
-        if shutil.which(cmd[0]) is None and not Path(cmd[0]).is_file():
-            raise LaunchError(f"{self.where(ctx, el)}: executable '{cmd[0]}' not found")
+        exe = shutil.which(cmd[0])
+        if exe is None:
+            raise LaunchError(f"{self.where(ctx, el)}: executable '{cmd[0]}' not found (or not "
+                              "executable)")
         label = self._unique(ctx.subst(el.attrib.get("name", Path(cmd[0]).name)))
         spec = ProcessSpec(name=label, cmd=cmd)
         self._common(el, ctx, spec)

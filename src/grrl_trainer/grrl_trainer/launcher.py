@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,8 +238,12 @@ class Launcher:
                 self._reap()
                 if not self._alive() and not any(r.restart_at for r in self.running):
                     self.request_shutdown("all processes exited")
-            self._teardown()
+        except OSError as exc:  # e.g. a start that fails: report it, still tear down
+            self._failed.append(f"could not start a process: {exc}")
+            self.request_shutdown(str(exc))
         finally:
+            self._teardown()
+            shutil.rmtree(self._param_dir, ignore_errors=True)
             for sig, old in handlers.items():
                 signal.signal(sig, old)
             for run in self.running:

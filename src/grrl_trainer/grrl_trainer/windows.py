@@ -71,12 +71,16 @@ class TransitionWindows:
                     if m > 0:
                         self.segments.append(Segment(i, m + 1, False, True))
         self.starts = np.cumsum([0] + [s.length for s in self.segments])
-        self.rng = np.random.default_rng(self.config.seed)
+        self.epoch = 0
         if self.config.images and any(not m["cameras"] for m in dataset.episodes):
             raise ValueError("images requested but some episodes have none; use images=False")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """New mirror draws for a new epoch."""
+        self.epoch = epoch
 
     def locate(self, i: int) -> tuple[Segment, int]:
         if not 0 <= i < len(self):
@@ -111,7 +115,10 @@ class TransitionWindows:
         sample[keys.INSTRUCTION] = meta["instruction"]
         sample["episode"], sample["timestep"], sample["length"] = ep, t, T
         sample["success"], sample["hindsight"] = seg.success, seg.hindsight
-        if self.config.mirror_prob and self.rng.random() < self.config.mirror_prob:
+        # the draw depends on (seed, epoch, index) only: the same in every loader worker and
+        # independent of the order samples are read in
+        if self.config.mirror_prob and np.random.default_rng(
+                [self.config.seed, self.epoch, i]).random() < self.config.mirror_prob:
             sample = self._mirror(sample)
         return sample
 

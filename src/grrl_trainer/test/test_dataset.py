@@ -76,6 +76,15 @@ def test_on_the_fly_mirroring(tiny: Path):
                                   plain["next." + keys.STATE_JOINTS][..., np.r_[8:16, 0:8]])
 
 
+def test_mirror_draws_depend_on_seed_epoch_and_index_only(tiny: Path):
+    win = TransitionWindows(EpisodeDataset(tiny), WindowConfig(horizon=3, mirror_prob=0.5))
+    first = [bool(win[i].get("mirrored")) for i in range(len(win))]
+    again = [bool(win[i].get("mirrored")) for i in reversed(range(len(win)))][::-1]
+    assert first == again and 0 < sum(first) < len(first)
+    win.set_epoch(1)
+    assert [bool(win[i].get("mirrored")) for i in range(len(win))] != first
+
+
 def test_bad_files_are_named_and_the_rest_loads(tiny: Path, caplog):
     good = episode_path(tiny, 1)
     truncated = episode_path(tiny, 3)

@@ -1,0 +1,25 @@
+"""The one way our nodes run: init, build, spin, and a clean exit on Ctrl-C or SIGTERM."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+N = TypeVar("N", bound=Node)
+
+
+def run_node(factory: Callable[[], N], argv: list[str] | None = None,
+             before_spin: Callable[[N], None] | None = None) -> None:
+    rclpy.init(args=argv)
+    node = factory()
+    try:
+        if before_spin is not None:
+            before_spin(node)
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
