@@ -104,8 +104,13 @@ def test_operator_labels_drive_the_episode_on_a_real_robot(start_node, ros_node)
     assert label.wait_for_service(timeout_sec=30)
     idle = label.call(LabelEpisode.Request(action=LabelEpisode.Request.RETRY), timeout_sec=10)
     assert not idle.accepted and idle.message == "no episode is running"
+    from sensor_msgs.msg import JointState
+
+    states = ros_node.collect(JointState, "/bytemini/joint_states")
     handle = send(client, seed=2, time_limit=60.0)
     wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20, "start")
+    n = len(states)
+    wait_until(lambda: len(states) > n + 10, 20, "some control steps into the episode")
     req = LabelEpisode.Request
     assert label.call(req(action=req.STAGE, stage=1), timeout_sec=10).accepted
     retry = label.call(req(action=req.RETRY, note="missed the eyelet"), timeout_sec=10)

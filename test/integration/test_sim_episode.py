@@ -76,5 +76,6 @@ def test_flawed_demonstration_through_the_graph_converts_to_the_dataset(processe
     assert meta["cameras"] == ["head", "left_wrist", "right_wrist"]
     steps = meta["n_steps"]
     stamps = ds.load(0, "timestamp")
-    assert abs((stamps[-1] - stamps[0]) * 10 - (steps - 1)) < 3    # 10 Hz steps
+    # 10 Hz steps (every 5th joint state; a few may be lost on a loaded machine)
+    assert abs((stamps[-1] - stamps[0]) * 10 - (steps - 1)) < max(3, 0.05 * steps)
     assert ds.load(0, "observation/images/head").shape == (steps, 224, 224, 3)

@@ -202,17 +202,24 @@ class EpisodeNode(Node):
         timeout = float(self.get_parameter("reset_timeout").value)
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
-        future = self.reset_client.call_async(ResetScene.Request(
-            seed=goal.seed, mirrored=goal.mirrored, options=list(goal.options)))
+        request = ResetScene.Request(seed=goal.seed, mirrored=goal.mirrored,
+                                     options=list(goal.options))
         deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                return "reset_scene timed out"
-            time.sleep(0.01)
-        resp = future.result()
-        if resp is None or not resp.success:
-            return f"reset failed: {resp.message if resp else 'no response'}"
-        return resp
+        # Right after discovery a response can be lost (the server's reply writer may not
+        # have matched our reader yet); a reset is idempotent, so ask again.
+        while time.monotonic() < deadline:
+            future = self.reset_client.call_async(request)
+            attempt_end = min(deadline, time.monotonic() + 2.0)
+            while not future.done() and time.monotonic() < attempt_end:
+                time.sleep(0.01)
+            if future.done():
+                resp = future.result()
+                if resp is None or not resp.success:
+                    return f"reset failed: {resp.message if resp else 'no response'}"
+                return resp
+            self.reset_client.remove_pending_request(future)
+            self.get_logger().warn("reset_scene did not answer in 2 s, asking again")
+        return "reset_scene timed out"
 
     def _advance(self, mon: EpisodeMonitor, now: float, stage: int, success: bool,
                  failed: bool, reason: str, goal: RunEpisode.Goal, instruction: str) -> None:
@@ -253,9 +260,10 @@ class EpisodeNode(Node):
             return result
         instruction = goal.instruction or reset.instruction
         with self.task_lock:
-            self.task = None  # only states of the new scene count
-            self.failure = None
-            self.min_scene = prev_scene + 1
+            self.min_scene = prev_scene + 1   # only states of the new scene count
+            self.task = None
+            if self.failure is not None and self.failure.scene_seq < self.min_scene:
+                self.failure = None           # (a fault of this scene may already be here)
         record_path = ""
         if self.get_parameter("record").value:
             base = self.get_parameter("record_dir").value or os.path.join(
@@ -365,9 +373,12 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # orderly: stop both executors and their threads before any node is destroyed
+        rec_executor.shutdown(timeout_sec=2.0)
+        rec_thread.join(timeout=2.0)
+        executor.shutdown(timeout_sec=2.0)
         if node.recorder is not None:
             node.recorder.close()
-        rec_executor.shutdown(timeout_sec=1.0)
         node.rec_node.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown()

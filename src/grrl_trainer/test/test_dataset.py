@@ -129,3 +129,28 @@ def test_collection_is_resumable_and_annotates_retries(tmp_path: Path):
     other = CollectConfig(image_size=64)
     with pytest.raises(DatasetError, match="other settings"):
         collect(tmp_path, other, [5], workers=1, progress=False)
+
+
+@pytest.mark.slow
+def test_kill_9_during_collection_then_resume(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "grrl_trainer.data_cli", "collect", "--out", str(tmp_path),
+           "--episodes", "3", "--workers", "1", "--no-images", "--time-limit", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = episode_path(tmp_path, 0)
+    deadline = time.monotonic() + 120
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert first.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "episodes").iterdir())
+    assert files == ["ep_000000.h5", "ep_000001.h5", "ep_000002.h5"]
+    assert "collected" in done.stdout
+    assert len(EpisodeDataset(tmp_path, strict=True)) == 3
