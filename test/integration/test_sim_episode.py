@@ -18,7 +18,8 @@ LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "sim.launch.xml"
 
 
 def test_expert_episode_succeeds_and_is_recorded(processes, tmp_path: Path):
-    launch = processes.launch(str(LAUNCH), "episodes:=1", "seed:=0", "real_time_factor:=2.0",
+    # 1.5x real time leaves the expert's node headroom on a loaded 2-core machine
+    launch = processes.launch(str(LAUNCH), "episodes:=1", "seed:=0", "real_time_factor:=1.5",
                               "time_limit:=60")
     code = launch.wait(240)
     out = launch.output

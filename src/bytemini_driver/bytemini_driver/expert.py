@@ -47,7 +47,7 @@ class ExpertConfig:
     """how far past the eyelet (along the threading direction) the end is put down (m)"""
     grip_time: float = 0.35
     """seconds to close or open a gripper"""
-    resync: float = 0.25
+    resync: float = 0.6
     """rad: when the robot is this far from the commanded joints, re-plan from it"""
     grasp_vertex: int = 2
     """vertex (from the end) the picker grasps: the back of the aglet"""
