@@ -20,6 +20,11 @@ def run_node(factory: Callable[[], N], argv: list[str] | None = None,
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # rclpy can fail a take that races with Ctrl-C/SIGTERM; during shutdown that is
+        # not an error of the node
+        if rclpy.ok():
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

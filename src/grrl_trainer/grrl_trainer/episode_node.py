@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
             rec_executor.spin()
         except ExternalShutdownException:
             pass
+        except RuntimeError:
+            if rclpy.ok():
+                raise
 
     rec_thread = threading.Thread(target=spin_recorder, daemon=True)
     rec_thread.start()
@@ -372,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():  # (a take racing with shutdown is not an error)
+            raise
     finally:
         # orderly: stop both executors and their threads before any node is destroyed
         rec_executor.shutdown(timeout_sec=2.0)
