@@ -43,7 +43,7 @@ def test_messages_service_and_action_cross_processes(processes, ros_node):
     client = ros_node.node.create_client(ResetScene, "/grrl/reset_scene")
     assert client.wait_for_service(timeout_sec=30)
     req = ResetScene.Request(seed=11, mirrored=True, options=[KeyValue(key="k", value="v")])
-    resp = client.call(req, timeout_sec=30)
+    resp = ros_node.call(client, req)
     assert resp.success and resp.instruction == "seed 11 mirrored True"
     assert [(kv.key, kv.value) for kv in resp.scene_parameters] == [("k", "V")]
 

@@ -24,6 +24,7 @@ NAMES = desc.actuated_joint_names()
 def change(ros_node, transition: int) -> bool:
     client = ros_node.node.create_client(ChangeState, "/bytemini_driver/change_state")
     assert client.wait_for_service(timeout_sec=30)
+    # (not retried: a transition is not idempotent)
     resp = client.call(ChangeState.Request(transition=Transition(id=transition)), timeout_sec=30)
     ros_node.node.destroy_client(client)
     return resp is not None and resp.success
@@ -122,7 +123,7 @@ def test_physics_fault_resets_the_scene_without_crashing(start_node, ros_node):
     tasks = ros_node.collect(TaskState, "/bytemini/sim/task_state")
     client = ros_node.node.create_client(ResetScene, "/bytemini/reset_scene")
     assert client.wait_for_service(timeout_sec=30)
-    resp = client.call(ResetScene.Request(seed=13), timeout_sec=30)
+    resp = ros_node.call(client, ResetScene.Request(seed=13))
     assert resp.success
     fault = wait_until(lambda: next((t for t in list(tasks) if t.failed), None), 20,
                        "the fault report")
@@ -130,7 +131,7 @@ def test_physics_fault_resets_the_scene_without_crashing(start_node, ros_node):
     n = len(tasks)
     wait_until(lambda: len(tasks) > n + 10 and not tasks[-1].failed, 10, "a healthy scene")
     assert proc.proc.poll() is None
-    resp = client.call(ResetScene.Request(seed=1, options=[]), timeout_sec=30)
+    resp = ros_node.call(client, ResetScene.Request(seed=1, options=[]))
     assert resp.success and "thread the" in resp.instruction
 
 

@@ -74,7 +74,7 @@ def test_reset_during_an_episode_aborts_it(graph, ros_node):
                "the start")
     reset = ros_node.node.create_client(ResetScene, "/bytemini/reset_scene")
     assert reset.wait_for_service(timeout_sec=10)
-    assert reset.call(ResetScene.Request(seed=99), timeout_sec=20).success
+    assert ros_node.call(reset, ResetScene.Request(seed=99)).success
     res = result_of(handle)
     assert not res.result.success
     assert "the scene was reset during the episode" in res.result.message
@@ -102,7 +102,7 @@ def test_operator_labels_drive_the_episode_on_a_real_robot(start_node, ros_node)
     assert client.wait_for_server(timeout_sec=30)
     label = ros_node.node.create_client(LabelEpisode, "/grrl/label_episode")
     assert label.wait_for_service(timeout_sec=30)
-    idle = label.call(LabelEpisode.Request(action=LabelEpisode.Request.RETRY), timeout_sec=10)
+    idle = ros_node.call(label, LabelEpisode.Request(action=LabelEpisode.Request.RETRY))
     assert not idle.accepted and idle.message == "no episode is running"
     from sensor_msgs.msg import JointState
 
@@ -112,11 +112,11 @@ def test_operator_labels_drive_the_episode_on_a_real_robot(start_node, ros_node)
     n = len(states)
     wait_until(lambda: len(states) > n + 10, 20, "some control steps into the episode")
     req = LabelEpisode.Request
-    assert label.call(req(action=req.STAGE, stage=1), timeout_sec=10).accepted
-    retry = label.call(req(action=req.RETRY, note="missed the eyelet"), timeout_sec=10)
+    assert ros_node.call(label, req(action=req.STAGE, stage=1)).accepted
+    retry = ros_node.call(label, req(action=req.RETRY, note="missed the eyelet"))
     assert retry.accepted
-    assert not label.call(req(action=req.STAGE, stage=9), timeout_sec=10).accepted
-    assert label.call(req(action=req.SUCCESS), timeout_sec=10).accepted
+    assert not ros_node.call(label, req(action=req.STAGE, stage=9)).accepted
+    assert ros_node.call(label, req(action=req.SUCCESS)).accepted
     res = result_of(handle)
     assert res.result.success and res.result.reward == 1.0
     assert list(res.result.stage_names_reached) == ["picked", "threaded", "handed_over",
@@ -130,12 +130,12 @@ def test_sim_mode_refuses_operator_stage_labels(graph, ros_node):
     from grrl_interfaces.srv import LabelEpisode
 
     client, events = graph()
-    handle = send(client, seed=3, time_limit=5.0)
+    handle = send(client, seed=3, time_limit=20.0)
     wait_until(lambda: any(e.event == EpisodeEvent.EVENT_STARTED for e in events), 20, "start")
     label = ros_node.node.create_client(LabelEpisode, "/grrl/label_episode")
     assert label.wait_for_service(timeout_sec=10)
-    resp = label.call(LabelEpisode.Request(action=LabelEpisode.Request.SUCCESS), timeout_sec=10)
+    resp = ros_node.call(label, LabelEpisode.Request(action=LabelEpisode.Request.SUCCESS))
     assert not resp.accepted and "simulator" in resp.message
-    assert label.call(LabelEpisode.Request(action=LabelEpisode.Request.RETRY),
-                      timeout_sec=10).accepted
+    assert ros_node.call(label, LabelEpisode.Request(action=LabelEpisode.Request.RETRY)).accepted
+    handle.cancel_goal_async()
     result_of(handle)

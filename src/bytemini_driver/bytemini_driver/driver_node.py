@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, Vector3
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -34,7 +33,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from bytemini_driver.image_codec import encode_raw
-from bytemini_driver.node_main import run_node
+from bytemini_driver.node_main import NUMBER, run_node
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
 from grrl_interfaces.msg import TaskState
 from grrl_interfaces.srv import ResetScene
@@ -56,9 +55,6 @@ def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
     return float(q[1]), float(q[2]), float(q[3]), float(q[0])
 
 
-
-#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
-NUMBER = ParameterDescriptor(dynamic_typing=True)
 
 class DriverNode(LifecycleNode):
     def __init__(self) -> None:

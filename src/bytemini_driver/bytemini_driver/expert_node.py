@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from builtin_interfaces.msg import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -23,14 +22,11 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
-from bytemini_driver.node_main import run_node
+from bytemini_driver.node_main import NUMBER, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
 
 
-
-#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
-NUMBER = ParameterDescriptor(dynamic_typing=True)
 
 class ExpertNode(Node):
     def __init__(self) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 N = TypeVar("N", bound=Node)
+
+#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
+NUMBER = ParameterDescriptor(dynamic_typing=True)
 
 
 def run_node(factory: Callable[[], N], argv: list[str] | None = None,

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -24,6 +23,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
 
+from bytemini_driver.node_main import NUMBER
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -63,9 +63,6 @@ def _import_type(name: str):
     return getattr(module, cls)
 
 
-
-#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
-NUMBER = ParameterDescriptor(dynamic_typing=True)
 
 class EpisodeNode(Node):
     def __init__(self) -> None:

@@ -11,17 +11,14 @@ import sys
 import time
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from bytemini_driver.node_main import NUMBER
 from grrl_interfaces.action import RunEpisode
 
 
-
-#: numeric parameters accept ints and floats alike (``rate:=10`` or ``rate:=10.0``)
-NUMBER = ParameterDescriptor(dynamic_typing=True)
 
 class EpisodeRunner(Node):
     def __init__(self, overrides: dict | None = None) -> None:
