@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from bytemini_driver import description as desc
 from bytemini_driver.expert import ScriptedExpert

@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, Vector3
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn

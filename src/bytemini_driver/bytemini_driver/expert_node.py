@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
