@@ -99,7 +99,8 @@ class MujocoDriver(RobotDriver):
         except PhysicsError as exc:
             raise DriverFault(str(exc)) from exc
         self.scene_seq += 1
-        return SceneInfo(sim.instruction, params.as_dict())
+        # scene_seq lets the episode node tell its scene's states from a later reset's
+        return SceneInfo(sim.instruction, {**params.as_dict(), "scene_seq": str(self.scene_seq)})
 
     def task_state(self) -> dict[str, Any] | None:
         sim = self._sim()

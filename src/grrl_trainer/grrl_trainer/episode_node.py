@@ -276,7 +276,10 @@ class EpisodeNode(Node):
         self.get_logger().info(f"{mon.episode_id}: {instruction} (limit {limit:.0f} s)")
         period = 1.0 / float(self.get_parameter("feedback_rate").value)
         next_feedback = 0.0
-        seen_scene: int | None = None
+        # the scene this episode runs in: from the reset's answer when the driver tells it,
+        # else the first state seen (then a reset that lands before it is caught by the seed)
+        params = {kv.key: kv.value for kv in reset.scene_parameters}
+        seen_scene: int | None = int(params["scene_seq"]) if "scene_seq" in params else None
         self.task_wall = time.monotonic()
         state_timeout = float(self.get_parameter("state_timeout").value)
         while not mon.done:
@@ -302,7 +305,7 @@ class EpisodeNode(Node):
             if st is not None:
                 if seen_scene is None:
                     seen_scene = st.scene_seq
-                if st.scene_seq != seen_scene and not st.failed:
+                if (st.scene_seq != seen_scene or st.seed != goal.seed) and not st.failed:
                     mon.finish(CANCELLED, "the scene was reset during the episode")
                     break
                 now = st.header.stamp.sec + st.header.stamp.nanosec * 1e-9
