@@ -1,0 +1,234 @@
+"""The GR-RL model: a Mixture-of-Transformers of a vision-language backbone and four experts
+(action DiT π_θ, twin distributional critics Q_φ, noise predictor π_θ', noise critic Q_φ').
+
+One code path for both configurations: ``tiny`` (CPU-trainable, optionally on simulator state)
+and ``qwen2.5-vl-3b`` (Qwen2.5-VL-3B-Instruct from a local directory, bf16 on a GPU). Actions and
+proprioception are normalised inside the model (statistics are buffers saved with the weights),
+so callers always pass and receive physical units.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import flow_matching
+from .experts import Expert, ExpertConfig
+from .prefix import Backbone, Prefix
+from .tiny_backbone import TinyBackbone, TinyBackboneConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QwenConfig:
+    """Where and how to load the Qwen2.5-VL backbone."""
+
+    path: str = ""
+    """local directory of Qwen2.5-VL-3B-Instruct (weights are never downloaded)"""
+    image_size: int = 224
+    """cameras are resized to this square size; a multiple of 28"""
+    dtype: str = "bfloat16"
+    """backbone dtype"""
+    random_config: dict[str, Any] | None = None
+    """a Qwen2_5_VLConfig as a dict: build randomly initialised instead of loading (tests)"""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a GR-RL model (saved as JSON beside the weights)."""
+
+    name: str = "tiny"
+    """preset the config came from"""
+    backbone: str = "tiny"
+    """'tiny' or 'qwen'"""
+    tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
+    """tiny backbone dimensions (backbone='tiny')"""
+    qwen: QwenConfig = field(default_factory=QwenConfig)
+    """Qwen2.5-VL backbone (backbone='qwen')"""
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    """width of the four experts"""
+    horizon: int = 16
+    """k: actions per chunk"""
+    action_dim: int = 16
+    """per-step action size (16 joint targets, or task-space poses)"""
+    proprio_dim: int = 16
+    """proprioception size (16 joint positions by default)"""
+    flow_steps: int = 10
+    """Euler steps of the flow ODE at inference"""
+    flow_time: str = "uniform"
+    """training distribution of the flow time: 'uniform' or 'beta'"""
+    value_bins: int = 51
+    """atoms of the categorical value distribution over [0, 1]"""
+    n_critics: int = 2
+    """critic ensemble size (2 = TD3's twin critics)"""
+    action_space: str = "joint"
+    """'joint' (joint targets) or 'task' (tcp poses + grippers): how the node executes chunks"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        for name, sub in (("tiny", TinyBackboneConfig), ("qwen", QwenConfig), ("expert", ExpertConfig)):
+            if name in d and isinstance(d[name], dict):
+                d[name] = sub(**d[name])
+        return cls(**d)
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Named configurations: 'tiny', 'tiny-state' (simulator state instead of images) and
+    'qwen2.5-vl-3b'. Keyword overrides replace top-level fields."""
+    if name == "tiny":
+        cfg = ModelConfig(name=name)
+    elif name == "tiny-state":
+        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(observation="state", state_dim=64))
+    elif name == "qwen2.5-vl-3b":
+        # 36 decoder layers → the experts have 18, attending to layers 18..35 (GQA: 2 kv heads)
+        cfg = ModelConfig(name=name, backbone="qwen",
+                          expert=ExpertConfig(width=1024, heads=16, mlp_ratio=4.0))
+    else:
+        raise ValueError(f"unknown model preset {name!r} (tiny, tiny-state, qwen2.5-vl-3b)")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    if cfg.backbone == "tiny":
+        return TinyBackbone(cfg.tiny)
+    if cfg.backbone == "qwen":
+        from .qwen_backbone import build_qwen_backbone
+        return build_qwen_backbone(cfg.qwen)
+    raise ValueError(f"unknown backbone {cfg.backbone!r}")
+
+
+class Normalizer(nn.Module):
+    """Per-dimension mean/std of actions and proprioception (identity until set)."""
+
+    def __init__(self, action_dim: int, proprio_dim: int):
+        super().__init__()
+        for name, dim in (("action", action_dim), ("proprio", proprio_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    def set(self, name: str, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> None:
+        getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
+        getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(min_std))
+
+    def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return (x - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
+
+    def denorm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x * getattr(self, f"{name}_std") + getattr(self, f"{name}_mean")
+
+
+class GRRLModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg)
+        bb = self.backbone
+        expert = lambda in_dim, out_dim, causal, timed=False: Expert(   # noqa: E731
+            cfg.expert, bb.n_prefix_layers, bb.n_kv_heads, bb.head_dim, cfg.horizon,
+            cfg.proprio_dim, in_dim, out_dim, causal, timed)
+        self.action_expert = expert(cfg.action_dim, cfg.action_dim, causal=False, timed=True)
+        self.critics = nn.ModuleList(expert(cfg.action_dim, cfg.value_bins, causal=True)
+                                     for _ in range(cfg.n_critics))
+        self.noise_predictor = expert(None, cfg.action_dim, causal=False)
+        self.noise_critic = expert(cfg.action_dim, cfg.value_bins, causal=True)
+        self.normalizer = Normalizer(cfg.action_dim, cfg.proprio_dim)
+
+    # -- backbone -------------------------------------------------------------------------
+    def encode(self, obs: dict) -> Prefix:
+        """obs: ``instruction`` list[str] (B) and ``images`` (B, n_cam, H, W, 3) uint8 or
+        ``state`` (B, state_dim). Returns the latter-half key/value prefix."""
+        return self.backbone.encode(obs)
+
+    # -- policy π_θ ----------------------------------------------------------------------
+    def velocity(self, prefix: Prefix, proprio_n: torch.Tensor, x: torch.Tensor,
+                 time: torch.Tensor) -> torch.Tensor:
+        """Flow velocity (B, k, action_dim) at noisy normalised actions x and time (B,)."""
+        return self.action_expert(prefix, proprio_n, x, time)
+
+    def sample_normalized(self, prefix: Prefix, proprio: torch.Tensor, noise: torch.Tensor,
+                          steps: int | None = None) -> torch.Tensor:
+        """π_θ(s | ε): the deterministic flow from ε (B, k, D) to normalised actions (B, k, D),
+        reusing one prefix for every step."""
+        p = self.normalizer.norm("proprio", proprio)
+        return flow_matching.integrate(lambda x, t: self.velocity(prefix, p, x, t), noise,
+                                       steps or self.cfg.flow_steps)
+
+    @torch.no_grad()
+    def act(self, obs: dict, proprio: torch.Tensor, noise: torch.Tensor | None = None,
+            steps: int | None = None, steer: bool = False, reuse_prefix: bool = True,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action chunks (B, k, action_dim) in physical units and the initial noise ε used.
+
+        ε is, in order of precedence: the given ``noise``, the noise predictor's output if
+        ``steer``, else N(0, I). ``reuse_prefix=False`` recomputes the backbone at every flow
+        step (the uncached reference the cache is checked and benchmarked against)."""
+        prefix = self.encode(obs) if (reuse_prefix or steer) else None
+        B, k, D = proprio.shape[0], self.cfg.horizon, self.cfg.action_dim
+        if noise is None:
+            if steer:
+                noise = self.predict_noise(prefix, proprio)
+            else:
+                noise = torch.randn(B, k, D, generator=generator, device=proprio.device)
+        if reuse_prefix:
+            a = self.sample_normalized(prefix, proprio, noise, steps)
+        else:
+            p = self.normalizer.norm("proprio", proprio)
+            a = flow_matching.integrate(lambda x, t: self.velocity(self.encode(obs), p, x, t),
+                                        noise, steps or self.cfg.flow_steps)
+        return self.normalizer.denorm("action", a), noise
+
+    def bc_loss(self, obs: dict, proprio: torch.Tensor, actions: torch.Tensor,
+                mask: torch.Tensor | None = None, prefix: Prefix | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow-matching behaviour-cloning loss on physical-unit chunks (B, k, D)."""
+        prefix = prefix if prefix is not None else self.encode(obs)
+        a = self.normalizer.norm("action", actions)
+        p = self.normalizer.norm("proprio", proprio)
+        noise = torch.randn(a.shape, generator=generator, device=a.device)
+        t = flow_matching.sample_time(a.shape[0], a.device, generator, self.cfg.flow_time)
+        return flow_matching.flow_matching_loss(lambda x, tt: self.velocity(prefix, p, x, tt),
+                                                a, noise, t, mask)
+
+    # -- critics --------------------------------------------------------------------------
+    def critic_logits(self, prefix: Prefix, proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_φ: (n_critics, B, k, bins) logits for physical-unit chunks (B, k, D); step j is the
+        value distribution of the chunk prefix a_{t:t+j+1} (Q-chunking, causal)."""
+        p = self.normalizer.norm("proprio", proprio)
+        a = self.normalizer.norm("action", actions)
+        return torch.stack([c(prefix, p, a) for c in self.critics])
+
+    def predict_noise(self, prefix: Prefix, proprio: torch.Tensor) -> torch.Tensor:
+        """π_θ'(s): the initial noise ε (B, k, D) that steers the flow policy."""
+        return self.noise_predictor(prefix, self.normalizer.norm("proprio", proprio))
+
+    def noise_critic_logits(self, prefix: Prefix, proprio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Q_φ'(s, ε): (B, k, bins) logits over the value of the chunk generated from ε."""
+        return self.noise_critic(prefix, self.normalizer.norm("proprio", proprio), noise)
+
+    # -- parameter groups -----------------------------------------------------------------
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """Backbone + action DiT (trained by BC; frozen online)."""
+        return [p for m in (self.backbone, self.action_expert) for p in m.parameters() if p.requires_grad]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.critics.parameters() if p.requires_grad]
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        """Noise predictor π_θ' (its critic Q_φ' is in noise_critic_parameters)."""
+        return list(self.noise_predictor.parameters())
+
+    def noise_critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.noise_critic.parameters())
