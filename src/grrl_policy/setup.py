@@ -22,7 +22,11 @@ setup(
     description='The GR-RL vision-language-action policy: Mixture-of-Transformers backbone, flow-matching action expert, noise predictor, jerk-constrained trajectory optimizer and the policy node.',
     license='Apache-2.0',
     entry_points={
+        'grrl.benchmarks': [
+            'policy = grrl_policy.bench:main',
+        ],
         'console_scripts': [
+            'policy_node = grrl_policy.policy_node:main',
         ],
     },
 )

@@ -146,3 +146,33 @@ def test_config_round_trip_and_unknown_fields():
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("huge")
+
+
+def test_qwen_path_runs_the_same_code_with_a_tiny_random_qwen():
+    """The large configuration's code path (Qwen2.5-VL backbone, 3 cameras) on a tiny random
+    Qwen2.5-VL: prefix from the latter half of its layers, cached == uncached, all heads."""
+    from grrl_policy.model import QwenConfig
+    from test_qwen_backbone import TINY_CONFIG
+    torch.manual_seed(0)
+    cfg = preset("qwen2.5-vl-3b", qwen=QwenConfig(image_size=56, dtype="float32",
+                                                  random_config=TINY_CONFIG),
+                 expert=ExpertConfig(width=64, heads=4), horizon=8)
+    model = GRRLModel(cfg).eval()
+    assert model.backbone.n_prefix_layers == 2 == len(model.action_expert.blocks)
+    for block in model.action_expert.blocks:
+        torch.nn.init.normal_(block.ada.weight, std=0.1)
+    obs = {"instruction": ["pick up the red cube", "fold towel"],
+           "images": torch.randint(0, 256, (2, 3, 56, 56, 3), dtype=torch.uint8)}
+    proprio, noise = torch.randn(2, 16), torch.randn(2, 8, 16)
+    cached, _ = model.act(obs, proprio, noise=noise)
+    uncached, _ = model.act(obs, proprio, noise=noise, reuse_prefix=False)
+    assert cached.shape == (2, 8, 16) and torch.isfinite(cached).all()
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
+    prefix = model.encode(obs)
+    assert model.critic_logits(prefix, proprio, cached).shape == (2, 2, 8, 51)
+    assert model.predict_noise(prefix, proprio).shape == (2, 8, 16)
+    loss = model.bc_loss(obs, proprio, cached)
+    loss.backward()
+    assert model.backbone.model.language_model.layers[-1].self_attn.k_proj.weight.grad is not None
+    # the last layer contributes only its keys/values to the experts: its queries get no gradient
+    assert model.backbone.model.language_model.layers[-1].self_attn.q_proj.weight.grad is None
