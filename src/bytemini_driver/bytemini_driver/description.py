@@ -47,6 +47,15 @@ def actuated_joint_names() -> list[str]:
     return names
 
 
+def actuated_joint_limits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, velocity) of the actuated joints, (16,) each in
+    :func:`actuated_joint_names` order, as the URDF states them (mirrored side included)."""
+    by_name = {j.name: j for j in robot()[1]}
+    rows = [(by_name[n].lower, by_name[n].upper, by_name[n].velocity) for n in actuated_joint_names()]
+    lo, hi, vel = (np.array(c, dtype=float) for c in zip(*rows))
+    return lo, hi, vel
+
+
 def tcp_frame(side: str) -> str:
     return f"{side}_tcp"
 

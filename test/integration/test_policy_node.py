@@ -1,0 +1,180 @@
+"""The policy node over DDS: a freshly initialised tiny model drives the simulated robot through
+the real graph with every command inside the limits; bad input makes it hold with a logged
+reason; checkpoints are hot-reloaded after verification, and refused ones are reported."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grrl_trainer.testing import wait_until
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "sim.launch.xml"
+
+
+def limits():
+    from bytemini_driver import description as desc
+    return desc.actuated_joint_names(), *desc.actuated_joint_limits()
+
+
+def assert_within_limits(trajectories) -> int:
+    names, lo, hi, vel = limits()
+    points = 0
+    for traj in trajectories:
+        assert list(traj.joint_names) == names
+        prev = 0.0
+        for p in traj.points:
+            t = p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec
+            assert t > prev
+            prev = t
+            q, v = np.array(p.positions), np.array(p.velocities)
+            assert np.all(np.isfinite(q)) and np.all(np.isfinite(v))
+            assert np.all(q >= lo - 1e-9) and np.all(q <= hi + 1e-9), q
+            assert np.all(np.abs(v) <= vel + 1e-9), v
+            points += 1
+    return points
+
+
+def test_fresh_tiny_policy_drives_the_simulated_robot_within_limits(processes, ros_node):
+    from grrl_interfaces.msg import ActionChunk
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
+    commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
+    states = ros_node.collect(JointState, "bytemini/joint_states")
+    launch = processes.launch(str(LAUNCH), "controller:=policy", "image_size:=128", "episodes:=1",
+                              "seed:=5", "time_limit:=8", "record:=false")
+    code = launch.wait(180)
+    out = launch.output
+    assert code == 0, out[-3000:]
+    assert "episode 1/1 seed 5:" in out
+    assert "rejected command" not in out, out[-3000:]
+    assert len(chunks) >= 4, out[-3000:]
+    assert {c.policy_version for c in chunks} == {0}
+    c = chunks[-1]
+    assert c.episode_id.startswith("ep-") and (c.horizon, c.action_dim) == (16, 16)
+    assert len(c.actions) == len(c.initial_noise) == 256 and not c.noise_steered
+    assert len(commands) >= len(chunks) and assert_within_limits(commands) >= 16 * len(chunks)
+    # the robot moved under the policy's commands
+    q = np.array([s.position for s in states])
+    assert np.abs(q - q[0]).max() > 0.05
+
+
+class FakeRobot:
+    """Publishes joint states and three camera images at 25 Hz; what it sends is mutable."""
+
+    def __init__(self, probe):
+        from sensor_msgs.msg import Image, JointState
+        from rclpy.qos import qos_profile_sensor_data
+        self.Image, self.JointState = Image, JointState
+        self.node = probe.node
+        self.names = limits()[0]
+        self.q = np.zeros(16)
+        self.size, self.encoding = 128, "rgb8"
+        self.cameras = ["head", "left_wrist", "right_wrist"]
+        self.pub_js = self.node.create_publisher(JointState, "bytemini/joint_states", 10)
+        self.pub_img = {c: self.node.create_publisher(Image, f"bytemini/camera/{c}/image_raw",
+                                                      qos_profile_sensor_data)
+                        for c in ("head", "left_wrist", "right_wrist")}
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(0)
+        while not self.stop:
+            stamp = self.node.get_clock().now().to_msg()
+            js = self.JointState(name=self.names, position=self.q.tolist())
+            js.header.stamp = stamp
+            for cam in list(self.cameras):
+                img = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+                msg = self.Image(encoding=self.encoding, height=self.size, width=self.size,
+                                 step=3 * self.size, data=img.tobytes())
+                msg.header.stamp = stamp
+                self.pub_img[cam].publish(msg)
+            self.pub_js.publish(js)
+            time.sleep(0.04)
+
+
+def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, ros_node, tmp_path):
+    import torch
+    from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from trajectory_msgs.msg import JointTrajectory
+
+    from grrl_policy.checkpoint import paths, save_checkpoint
+    from grrl_policy.model import GRRLModel, preset
+
+    latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         reliability=ReliabilityPolicy.RELIABLE)
+    logs = ros_node.collect(Log, "/rosout", QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
+    chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
+    status = ros_node.collect(CheckpointInfo, "grrl/checkpoint_status", latched)
+    robot = FakeRobot(ros_node)
+    node = start_node("grrl_policy", "policy_node", preset="tiny", max_staleness=0.5)
+    try:
+        ros_node.wait_for_subscribers("bytemini/joint_states", 1, timeout=60)
+        ros_node.wait_for_matched(robot.pub_img["head"], 1, timeout=60)
+        events = ros_node.node.create_publisher(EpisodeEvent, "grrl/episode", latched)
+        announce = ros_node.node.create_publisher(CheckpointInfo, "grrl/checkpoint", latched)
+        ros_node.wait_for_matched(events, 1)
+
+        def said(text: str, timeout: float = 20.0) -> None:
+            wait_until(lambda: any(text in m.msg for m in list(logs) if m.name == "grrl_policy"),
+                       timeout, f"the policy node to log '{text}'")
+
+        robot.size = 64                                            # wrong image size
+        events.publish(EpisodeEvent(event=EpisodeEvent.EVENT_STARTED, episode_id="ep-test",
+                                    instruction="thread the left lace end"))
+        said("needs uint8 (128, 128, 3)")
+        robot.size, robot.q = 128, np.full(16, np.nan)             # NaN proprioception
+        said("non-finite proprioception")
+        robot.cameras = ["head", "left_wrist"]                      # a camera goes silent
+        said("camera right_wrist is stale")
+        robot.encoding = "32FC1"                                   # an unsupported encoding
+        robot.cameras = ["head", "left_wrist", "right_wrist"]
+        said("unsupported encoding")
+        assert not commands and not chunks, "commanded on bad input"
+        robot.encoding, robot.q = "bgr8", np.zeros(16)             # good input: acts again
+        said("acting again")
+        wait_until(lambda: len(chunks) >= 2, 20, "action chunks")
+        assert assert_within_limits(list(commands)) >= 16
+        assert {c.policy_version for c in list(chunks)} == {0}
+
+        # a verified checkpoint is hot-reloaded and tags the following chunks
+        torch.manual_seed(1)
+        meta = save_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v3", version=3)
+        announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=3,
+                                        path=str(tmp_path / "v3"), sha256=meta.sha256))
+        wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 3
+                               for s in list(status)), 30, "checkpoint 3 loaded")
+        n = len(chunks)
+        wait_until(lambda: len(chunks) >= n + 2, 20, "chunks after the reload")
+        assert chunks[-1].policy_version == 3 and chunks[-1].policy_sha256 == meta.sha256
+
+        # a corrupted one is refused, reported, and the running version stays
+        save_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v4", version=4)
+        w, _ = paths(tmp_path / "v4")
+        data = bytearray(w.read_bytes())
+        data[-3] ^= 0x55
+        w.write_bytes(bytes(data))
+        announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=4,
+                                        path=str(tmp_path / "v4")))
+        wait_until(lambda: any(s.status == CheckpointInfo.STATUS_REFUSED and s.version == 4
+                               for s in list(status)), 30, "checkpoint 4 refused")
+        refused = next(s for s in status if s.status == CheckpointInfo.STATUS_REFUSED)
+        assert "sha256" in refused.message
+        n = len(chunks)
+        wait_until(lambda: len(chunks) >= n + 2, 20, "chunks after the refusal")
+        assert chunks[-1].policy_version == 3
+        assert node.proc.poll() is None, node.output[-2000:]
+    finally:
+        robot.stop = True
+        robot.thread.join(timeout=2)
