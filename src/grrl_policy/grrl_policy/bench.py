@@ -113,12 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(stats("optimizer solve (k=%d, D=%d)" % (k, D),
                       timed(lambda: opt.solve(next(it), np.zeros(D), np.zeros(D), np.zeros(D)), args.iters,
                             lambda: None)))
+    if D == 16:
+        # the node's full post-processing: receding-horizon splice + QP with ByteMini-v2 limits
+        from bytemini_driver.description import actuated_joint_limits
+        from .chunk_executor import ChunkExecutor, ExecutorConfig, JointLimits
+        lo, hi, vel = actuated_joint_limits()
+        v = 0.8 * vel
+        ex = ChunkExecutor(JointLimits(lo, hi, v, 4 * v, 40 * v), ExecutorConfig(dt=0.1, execute_steps=8))
+        base = 0.5 * (lo + hi)
+        clock = iter(range(10 ** 9))
+
+        def replan() -> None:
+            t = 0.8 * next(clock)
+            chunk = np.clip(base + np.cumsum(rng.normal(0, 0.05, (k, D)), axis=0), lo, hi)
+            ex.plan(chunk, t, ex.state_at(t, measured=base))
+        rows.append(stats("chunk executor plan (splice + QP, robot limits)", timed(replan, args.iters, lambda: None)))
     ratio = float(np.median(uncached) / np.median(cached))
     print(f"grrl-bench policy: config {cfg.name}, device {device}, threads {args.threads}, "
           f"k={k}, action_dim={D}, flow steps {cfg.flow_steps}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     for r in rows:
-        print(f"  {r['name']:<38} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms")
+        print(f"  {r['name']:<50} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms")
     print(f"  prefix reuse speed-up (recomputed / reused, p50): {ratio:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
