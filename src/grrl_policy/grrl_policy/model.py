@@ -91,7 +91,8 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if name == "tiny":
         cfg = ModelConfig(name=name)
     elif name == "tiny-state":
-        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(observation="state", state_dim=64))
+        from bytemini_driver.sim_state import STATE_DIM
+        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(observation="state", state_dim=STATE_DIM))
     elif name == "qwen2.5-vl-3b":
         # 36 decoder layers → the experts have 18, attending to layers 18..35 (GQA: 2 kv heads)
         cfg = ModelConfig(name=name, backbone="qwen",

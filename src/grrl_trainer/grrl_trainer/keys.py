@@ -18,6 +18,8 @@ IMAGE_KEYS = tuple(IMAGE.format(camera=c) for c in CAMERAS)
 STATE_JOINTS = "observation.joint_positions"
 STATE_TCP = "observation.tcp_pose"
 STATE_GRIPPER = "observation.gripper"
+STATE_SIM = "observation.state"
+"""(..., bytemini_driver.sim_state.STATE_DIM) simulator-state observation (tiny-state model)"""
 ACTION_TCP = "action.tcp_pose"
 ACTION_GRIPPER = "action.gripper"
 ACTION_JOINTS = "action.joint_positions"

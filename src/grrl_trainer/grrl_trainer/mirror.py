@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bytemini_driver.sim_state import mirror_state
 from grrl_trainer import keys
 
 M = np.diag([1.0, -1.0, 1.0])
@@ -96,6 +97,7 @@ _FIELD_MAPS = {
     keys.STATE_JOINTS: mirror_joints, keys.ACTION_JOINTS: mirror_joints,
     keys.STATE_TCP: mirror_tcp, keys.ACTION_TCP: mirror_tcp,
     keys.STATE_GRIPPER: mirror_sides, keys.ACTION_GRIPPER: mirror_sides,
+    keys.STATE_SIM: mirror_state,
 }
 
 

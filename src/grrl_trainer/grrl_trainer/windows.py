@@ -3,10 +3,13 @@
 A sample at step t of a trajectory of length T is
 
     observation s_t, action chunk a_{t:t+k} (padded past T with the last action, ``action_mask``
-    marks the real ones), reward r, done, and the next observation s_{min(t+k, T-1)}
+    marks the real ones), reward r, done, and the next observation s_{min(t+j, T-1)}
 
-with the sparse reward of eq. (1): r = 1 only for the chunk that reaches the end of a
-successful trajectory. Trajectories are the recorded episodes (successful or failed) and,
+with the sparse reward of eq. (1): r = gamma^(T-t) for the chunk that reaches the end of a
+successful trajectory (t + j >= T), else 0. j is k (``next_offset='chunk'``), or drawn
+uniformly in 1..k per sample (``'random'``): then the sample is the transition of the chunk
+prefix a_{t:t+j}, which is what trains every output of the Q-chunking critic (its output
+j-1 is the value of a_{t:t+j}). Trajectories are the recorded episodes (successful or failed) and,
 with ``hindsight``, the hindsight failed trajectories tau_{0:m_i} cut at every retry keyframe
 m_i (reward 0, terminal at m_i), as in the paper's section 3.1. Mirror augmentation
 (section 3.2) is applied on the fly with probability ``mirror_prob``.
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bytemini_driver.sim_state import eyelet_from_scene, state_vector
 from grrl_trainer import keys
 from grrl_trainer.dataset import EpisodeDataset
 from grrl_trainer.mirror import mirror_sample
@@ -41,8 +45,22 @@ class WindowConfig:
     mirror_prob: float = 0.0
     """probability of mirroring a sample on the fly"""
     seed: int = 0
+    gamma: float = 0.99
+    """discount of eq. (1)'s reward gamma^(T-t)"""
+    next_offset: str = "chunk"
+    """'chunk': next observation k steps ahead; 'random': j ~ U{1..k} steps ahead"""
+    state: bool = False
+    """add the simulator-state observation (needs the dataset's lace)"""
+    next_actions: bool = False
+    """add the dataset's next chunk a_{t+j:t+j+k} (SARSA-style critic targets)"""
+    preload: bool = True
+    """keep every non-image array in memory after its first read (a few MB per 100 episodes)"""
 
     def __post_init__(self) -> None:
+        if self.next_offset not in ("chunk", "random"):
+            raise ValueError(f"next_offset must be 'chunk' or 'random', got {self.next_offset!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         if not 0.0 <= self.mirror_prob <= 1.0:
@@ -74,6 +92,10 @@ class TransitionWindows:
         self.epoch = 0
         if self.config.images and any(not m["cameras"] for m in dataset.episodes):
             raise ValueError("images requested but some episodes have none; use images=False")
+        if self.config.state and any(not m["has_lace"] for m in dataset.episodes):
+            raise ValueError("state observations need the simulator's lace, which some episodes lack")
+        self._scene_cache: dict[int, tuple] = {}
+        self._memory: dict[tuple[int, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -88,29 +110,53 @@ class TransitionWindows:
         s = bisect.bisect_right(self.starts, i) - 1
         return self.segments[s], int(i - self.starts[s])
 
+    def _load(self, ep: int, key: str, index: Any) -> np.ndarray:
+        if not self.config.preload:
+            return self.data.load(ep, key, index)
+        arr = self._memory.get((ep, key))
+        if arr is None:
+            arr = self._memory[(ep, key)] = self.data.load(ep, key)
+        return arr[index]
+
     def _obs(self, ep: int, t: int) -> dict[str, Any]:
-        out = {k: self.data.load(ep, k, t) for k in STATE_KEYS}
+        out = {k: self._load(ep, k, t) for k in STATE_KEYS}
         if self.config.images:
             for k in keys.IMAGE_KEYS:
                 out[k] = self.data.load(ep, k, t)
+        if self.config.state:
+            if ep not in self._scene_cache:
+                self._scene_cache[ep] = eyelet_from_scene(self.data.episodes[ep]["scene"])
+            out[keys.STATE_SIM] = state_vector(self._load(ep, "observation/lace", t),
+                                               *self._scene_cache[ep])
         return out
+
+    def _chunk(self, ep: int, key: str, t: int, T: int) -> np.ndarray:
+        k = self.config.horizon
+        chunk = self._load(ep, key, slice(t, min(t + k, T)))
+        if len(chunk) < k:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], k - len(chunk), axis=0)])
+        return chunk
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         seg, t = self.locate(i)
-        k, T, ep = self.config.horizon, seg.length, seg.episode
-        stop = min(t + k, T)
+        cfg = self.config
+        k, T, ep = cfg.horizon, seg.length, seg.episode
         sample: dict[str, Any] = self._obs(ep, t)
         for key in ACTION_KEYS:
-            chunk = self.data.load(ep, key, slice(t, stop))
-            if len(chunk) < k:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], k - len(chunk), axis=0)])
-            sample[key] = chunk
+            sample[key] = self._chunk(ep, key, t, T)
         sample["action_mask"] = np.arange(t, t + k) < T
-        done = t + k >= T
-        sample["reward"] = np.float32(1.0 if done and seg.success else 0.0)   # eq. (1)
-        sample["done"] = done
-        for key, value in self._obs(ep, min(t + k, T - 1)).items():
+        j = k if cfg.next_offset == "chunk" else \
+            int(np.random.default_rng([cfg.seed, self.epoch, i, 1]).integers(1, k + 1))
+        done = t + j >= T
+        # eq. (1): gamma^(T-t) I(tau) for the chunk that reaches the end, else 0
+        sample["reward"] = np.float32(cfg.gamma ** (T - t) if done and seg.success else 0.0)
+        sample["done"], sample["offset"] = done, j
+        t_next = min(t + j, T - 1)
+        for key, value in self._obs(ep, t_next).items():
             sample[NEXT + key] = value
+        if cfg.next_actions:
+            for key in ACTION_KEYS:
+                sample[NEXT + key] = self._chunk(ep, key, t_next, T)
         meta = self.data.episodes[ep]
         sample[keys.INSTRUCTION] = meta["instruction"]
         sample["episode"], sample["timestep"], sample["length"] = ep, t, T

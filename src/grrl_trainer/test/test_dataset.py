@@ -46,12 +46,12 @@ def test_windows_reward_done_and_hindsight_failures(tiny: Path):
         [(10, True, False), (5, False, True), (6, False, False)]
     assert len(win) == 21
     s = win[7]                                       # t=7 of the success: the last chunk
-    assert s["done"] and s["reward"] == 1.0 and s["timestep"] == 7
+    assert s["done"] and s["reward"] == np.float32(0.99 ** 3) and s["timestep"] == 7   # gamma^(T-t)
     assert list(s["action_mask"]) == [True, True, True]
     np.testing.assert_array_equal(s[keys.ACTION_JOINTS][:, 0],
                                   ds.load(0, keys.ACTION_JOINTS, slice(7, 10))[:, 0])
     s = win[8]                                       # t=8: padded past the end
-    assert list(s["action_mask"]) == [True, True, False] and s["reward"] == 1.0
+    assert list(s["action_mask"]) == [True, True, False] and s["reward"] == np.float32(0.99 ** 2)
     np.testing.assert_array_equal(s[keys.ACTION_JOINTS][2], s[keys.ACTION_JOINTS][1])
     np.testing.assert_array_equal(s["next." + keys.STATE_JOINTS],
                                   ds.load(0, keys.STATE_JOINTS, 9))
@@ -62,6 +62,26 @@ def test_windows_reward_done_and_hindsight_failures(tiny: Path):
     f = win[15 + 5]                                  # failed episode, last step
     assert f["done"] and f["reward"] == 0.0
     assert f[keys.IMAGE.format(camera="head")].shape == (6, 8, 3)
+
+
+def test_random_offsets_state_and_next_actions(tiny: Path):
+    ds = EpisodeDataset(tiny)
+    cfg = WindowConfig(horizon=4, images=False, next_offset="random", next_actions=True, gamma=0.9)
+    win = TransitionWindows(ds, cfg)
+    offsets = set()
+    for i in range(10):                                  # the successful episode, T = 10
+        s = win[i]
+        j = s["offset"]
+        offsets.add(j)
+        assert 1 <= j <= 4 and s["done"] == (i + j >= 10)
+        assert s["reward"] == (np.float32(0.9 ** (10 - i)) if s["done"] else 0.0)
+        np.testing.assert_array_equal(s["next." + keys.STATE_JOINTS],
+                                      ds.load(0, keys.STATE_JOINTS, min(i + j, 9)))
+        assert s["next." + keys.ACTION_JOINTS].shape == (4, 16)
+        assert win[i]["offset"] == j                     # the draw is a function of the index
+    assert len(offsets) > 1
+    with pytest.raises(ValueError, match="next_offset"):
+        WindowConfig(next_offset="sometimes")
 
 
 def test_on_the_fly_mirroring(tiny: Path):
