@@ -6,7 +6,9 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from bytemini_driver.expert import ScriptedExpert
 from bytemini_driver.sim import PhysicsError, ShoeLacingSim
@@ -60,6 +62,42 @@ def _work(job: tuple[int, bool, float]) -> RolloutResult:
     return run_expert_episode(*_WORKER, *job)
 
 
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def map_episodes(work: Callable[[J], R], jobs: Sequence[J], workers: int,
+                 desc: str = "episodes", progress: bool = True) -> list[R]:
+    """``[work(job) for job in jobs]`` in order, with a tqdm bar: in this process for
+    ``workers <= 1``, else in a pool of ``workers`` spawned processes (``work`` must be a
+    module-level function; each process keeps its own simulator between jobs)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    results: list[R] = []
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(work(job))
+                bar.update()
+        else:
+            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for r in pool.imap(work, jobs):
+                    results.append(r)
+                    bar.update()
+                pool.close()          # let the workers exit cleanly (the context terminates)
+                pool.join()
+    finally:
+        bar.close()
+    return results
+
+
+def stage_funnel(stages: Sequence[int]) -> dict[str, int]:
+    """Episodes reaching each stage (``STAGES[1:]`` in order, the paper's Fig. 6), from each
+    episode's highest stage."""
+    return {STAGES[s]: sum(int(st) >= s for st in stages) for s in range(1, len(STAGES))}
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate k/n."""
     if n == 0:
@@ -71,8 +109,6 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
     parser = argparse.ArgumentParser(prog="grrl-expert-eval",
                                      description="Success rate of the scripted expert on "
                                                  "seeded shoe-lacing scenes.")
@@ -84,15 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the per-episode results here")
     args = parser.parse_args(argv)
     jobs = [(args.seed + i, args.mirrored, args.time_limit) for i in range(args.episodes)]
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        results = list(tqdm(pool.imap(_work, jobs), total=len(jobs), desc="expert episodes"))
+    results = map_episodes(_work, jobs, args.workers, desc="expert episodes")
     n, k = len(results), sum(r.success for r in results)
     lo, hi = wilson_interval(k, n)
     print(f"scripted expert: {k}/{n} successes = {100 * k / n:.1f}% "
           f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
-    for stage in range(1, len(STAGES)):
-        reached = sum(r.stage >= stage for r in results)
-        print(f"  reached {STAGES[stage]:12s} {reached:4d}/{n}")
+    for name, reached in stage_funnel([r.stage for r in results]).items():
+        print(f"  reached {name:12s} {reached:4d}/{n}")
     for r in results:
         if not r.success:
             print(f"  seed {r.seed}: {r.failure} | {r.instruction}")

@@ -565,3 +565,19 @@ class ChunkExecutor:
                   "reference| in chart %.3g", state.t, t_obs, len(history),
                   float(np.abs(x - target).max()))
         return plan
+
+
+# ------------------------------------------------------------------------------ robot limits
+
+def joint_limits(velocity_scale: float = 0.8, acceleration_limit: float = 4.0,
+                 jerk_limit: float = 40.0) -> JointLimits:
+    """The limits chunks of the 16 actuated joints are planned with: the URDF's position
+    range, ``velocity_scale`` x its velocity limits, and acceleration/jerk bounds of
+    ``acceleration_limit`` / ``jerk_limit`` x that planned velocity (per second / second^2).
+
+    Shared by the policy node and offline evaluation, so both execute chunks identically."""
+    from bytemini_driver.description import actuated_joint_limits
+
+    lo, hi, vel = actuated_joint_limits()
+    v = vel * float(velocity_scale)
+    return JointLimits(lo, hi, v, v * float(acceleration_limit), v * float(jerk_limit))

@@ -39,7 +39,7 @@ from bytemini_driver.node_main import NUMBER, run_node
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent
 
 from .checkpoint import CheckpointError
-from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, JointLimits
+from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, joint_limits
 from .policy_runtime import CAMERAS, ObservationError, Policy, PolicyOutputError, build_observation
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -84,7 +84,7 @@ class PolicyNode(Node):
         p("preset", "tiny")                  # model preset for a fresh model
         p("seed", 0)                         # init seed of a fresh model, and of the sampling noise
         p("device", "cpu")
-        p("threads", 2)                      # torch CPU threads
+        p("threads", 1)                      # torch CPU threads
         p("steer", False)                    # initial noise from the noise predictor (online RL)
         p("flow_steps", 0)                   # 0: the model's own setting
         p("step_period", 0.1, NUMBER)        # s between chunk steps (the demonstrations' rate)
@@ -110,9 +110,8 @@ class PolicyNode(Node):
             raise ValueError("this node executes 16 joint targets from 16 joint positions; the "
                              f"model has action_space={cfg.action_space}, action_dim={cfg.action_dim}")
         self.names = desc.actuated_joint_names()
-        lo, hi, vel = desc.actuated_joint_limits()
-        v = vel * float(g("velocity_scale"))
-        self.limits = JointLimits(lo, hi, v, v * float(g("acceleration_limit")), v * float(g("jerk_limit")))
+        self.limits = joint_limits(float(g("velocity_scale")), float(g("acceleration_limit")),
+                                   float(g("jerk_limit")))
         self.executor_cfg = ExecutorConfig(dt=self.dt, execute_steps=self.m,
                                            temporal_ensembling=bool(g("temporal_ensembling")),
                                            ensemble_decay=float(g("ensemble_decay")))
