@@ -35,6 +35,8 @@ setup(
             'episode_node = grrl_trainer.episode_node:main',
             'grrl-bench = grrl_trainer.bench:main',
             'grrl-data = grrl_trainer.data_cli:main',
+            'grrl-train-bc = grrl_trainer.bc:main',
+            'grrl-eval = grrl_trainer.evaluate:main',
         ],
     },
 )

@@ -13,6 +13,11 @@ j-1 is the value of a_{t:t+j}). Trajectories are the recorded episodes (successf
 with ``hindsight``, the hindsight failed trajectories tau_{0:m_i} cut at every retry keyframe
 m_i (reward 0, terminal at m_i), as in the paper's section 3.1. Mirror augmentation
 (section 3.2) is applied on the fly with probability ``mirror_prob``.
+
+An optional ``keep`` mask (episode index -> bool per timestep, e.g. from the critic-based data
+filter) restricts the samples to the kept steps of the recorded trajectories; hindsight
+trajectories are then left out. Random draws (mirroring, offsets) depend on a sample's index in
+the unfiltered numbering, so a filter changes which samples are seen, not how they are drawn.
 """
 from __future__ import annotations
 
@@ -78,7 +83,11 @@ class Segment:
 class TransitionWindows:
     """Random-access windows over all trajectories of an :class:`EpisodeDataset`."""
 
-    def __init__(self, dataset: EpisodeDataset, config: WindowConfig | None = None):
+    def __init__(self, dataset: EpisodeDataset, config: WindowConfig | None = None,
+                 keep: dict[int, np.ndarray] | None = None):
+        """``keep``: dataset episode index -> bool array (n_steps,); when given, only the steps
+        (episode, t) of recorded (non-hindsight) trajectories with keep True are samples, and an
+        episode missing from ``keep`` contributes none."""
         self.data = dataset
         self.config = config or WindowConfig()
         self.segments: list[Segment] = []
@@ -89,6 +98,8 @@ class TransitionWindows:
                     if m > 0:
                         self.segments.append(Segment(i, m + 1, False, True))
         self.starts = np.cumsum([0] + [s.length for s in self.segments])
+        self.kept: np.ndarray | None = None if keep is None else self._kept_indices(keep)
+        """indices (unfiltered numbering) of the kept samples, in order; None = all"""
         self.epoch = 0
         if self.config.images and any(not m["cameras"] for m in dataset.episodes):
             raise ValueError("images requested but some episodes have none; use images=False")
@@ -97,18 +108,43 @@ class TransitionWindows:
         self._scene_cache: dict[int, tuple] = {}
         self._memory: dict[tuple[int, str], np.ndarray] = {}
 
+    def _kept_indices(self, keep: dict[int, np.ndarray]) -> np.ndarray:
+        n_eps = len(self.data.episodes)
+        unknown = sorted(int(e) for e in keep if not 0 <= int(e) < n_eps)
+        if unknown:
+            raise ValueError(f"keep names episodes {unknown[:5]} outside the dataset's 0..{n_eps - 1}")
+        parts = []
+        for s, seg in enumerate(self.segments):
+            mask = keep.get(seg.episode)
+            if seg.hindsight or mask is None:
+                continue
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_ or mask.shape != (seg.length,):
+                raise ValueError(f"keep[{seg.episode}] must be a bool array of shape ({seg.length},) "
+                                 f"(the episode's steps), got {mask.dtype} {mask.shape}")
+            parts.append(self.starts[s] + np.flatnonzero(mask))
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return int(self.starts[-1]) if self.kept is None else len(self.kept)
 
     def set_epoch(self, epoch: int) -> None:
         """New mirror draws for a new epoch."""
         self.epoch = epoch
 
-    def locate(self, i: int) -> tuple[Segment, int]:
+    def unfiltered_index(self, i: int) -> int:
+        """Sample i's index in the numbering of all samples (itself when nothing is filtered)."""
         if not 0 <= i < len(self):
             raise IndexError(i)
-        s = bisect.bisect_right(self.starts, i) - 1
-        return self.segments[s], int(i - self.starts[s])
+        return int(i) if self.kept is None else int(self.kept[i])
+
+    def locate(self, i: int) -> tuple[Segment, int]:
+        """(trajectory, timestep) of sample i."""
+        return self._locate(self.unfiltered_index(i))
+
+    def _locate(self, g: int) -> tuple[Segment, int]:
+        s = bisect.bisect_right(self.starts, g) - 1
+        return self.segments[s], int(g - self.starts[s])
 
     def _load(self, ep: int, key: str, index: Any) -> np.ndarray:
         if not self.config.preload:
@@ -138,7 +174,8 @@ class TransitionWindows:
         return chunk
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        seg, t = self.locate(i)
+        i = self.unfiltered_index(i)          # random draws below use the unfiltered index
+        seg, t = self._locate(i)
         cfg = self.config
         k, T, ep = cfg.horizon, seg.length, seg.episode
         sample: dict[str, Any] = self._obs(ep, t)

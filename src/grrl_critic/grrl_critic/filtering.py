@@ -1,0 +1,125 @@
+"""Data filtering with the learned task progress (paper section 3.1, eq. 2).
+
+rho_t = mean(Q(s_t, a_{t:t+k})) for every step of every recorded trajectory. A sample t is
+suboptimal if the progress drops by more than delta within rho_{t:t+k}; suboptimal samples are
+removed from the behaviour-cloning data. "Drops by more than delta" is, by ``drop``:
+
+* ``peak_to_trough`` (default): max over t <= i < j <= t+k of rho_i - rho_j — any fall within
+  the window, also one spread over several small steps;
+* ``consecutive``: max over t <= i < t+k of rho_i - rho_{i+1} — a single-step fall only.
+
+The paper does not say which; both are config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FilterConfig:
+    """The suboptimality rule."""
+
+    delta: float = 0.05
+    """a drop larger than this within rho_{t:t+k} marks sample t suboptimal"""
+    horizon: int = 16
+    """k: the window rho_{t:t+k} (the chunk length)"""
+    drop: str = "peak_to_trough"
+    """'peak_to_trough' or 'consecutive'"""
+
+    def __post_init__(self) -> None:
+        if self.drop not in ("peak_to_trough", "consecutive"):
+            raise ValueError(f"drop must be 'peak_to_trough' or 'consecutive', got {self.drop!r}")
+        if self.delta < 0 or self.horizon < 1:
+            raise ValueError("delta must be >= 0 and horizon >= 1")
+
+
+def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough") -> np.ndarray:
+    """(T,) progress → (T,) the largest drop within rho_{t:t+k} (window clipped at the end)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    if rho.ndim != 1:
+        raise ValueError(f"rho must be 1-D, got shape {rho.shape}")
+    if not np.isfinite(rho).all():
+        raise ValueError("progress contains non-finite values (a diverged critic?)")
+    T = len(rho)
+    out = np.zeros(T)
+    for t in range(T):
+        w = rho[t:min(t + horizon + 1, T)]
+        if len(w) < 2:
+            continue
+        if drop == "consecutive":
+            out[t] = max(0.0, float(np.max(w[:-1] - w[1:])))
+        else:
+            # the running maximum before each point minus the point: the deepest fall
+            out[t] = max(0.0, float(np.max(np.maximum.accumulate(w)[:-1] - w[1:])))
+    return out
+
+
+def keep_mask(rho: np.ndarray, cfg: FilterConfig) -> np.ndarray:
+    """(T,) bool: True for the samples that are kept (no drop > delta in their window)."""
+    return window_drop(rho, cfg.horizon, cfg.drop) <= cfg.delta
+
+
+@dataclass
+class FilterResult:
+    """What a filter run produced, per dataset step."""
+
+    episode: np.ndarray
+    timestep: np.ndarray
+    keep: np.ndarray
+    progress: np.ndarray
+    config: FilterConfig
+
+    def save(self, path: str | Path, summary: dict | None = None) -> Path:
+        """``path`` (.npz: episode, timestep, keep, progress) and a ``.json`` summary beside it.
+        Refuses an empty result: BC on nothing is never what was meant."""
+        if not self.keep.any():
+            raise ValueError(f"the filter kept 0 of {len(self.keep)} samples (delta="
+                             f"{self.config.delta}): raise delta or check the critic")
+        path = Path(path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, episode=self.episode, timestep=self.timestep, keep=self.keep,
+                 progress=self.progress.astype(np.float32))
+        tmp.replace(path)
+        doc = {"config": asdict(self.config), **(summary or {})}
+        path.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        return path
+
+
+def summarize(result: FilterResult, keyframes: dict[int, list[int]], stages: dict[int, np.ndarray],
+              success: dict[int, bool], horizon: int) -> dict:
+    """How much was kept, and where: overall, in successful vs failed episodes, near retry
+    keyframes (within k steps before one — where retries begin) vs elsewhere, per task stage."""
+    keep, ep, t = result.keep, result.episode, result.timestep
+    near = np.zeros(len(keep), bool)
+    for e, frames in keyframes.items():
+        for m in frames:
+            near |= (ep == e) & (t >= m - horizon) & (t <= m)
+    stage = np.array([stages[e][i] if e in stages else -1 for e, i in zip(ep, t)])
+    ok = np.array([success.get(int(e), False) for e in ep])
+
+    def frac(sel: np.ndarray) -> float | None:
+        return float(keep[sel].mean()) if sel.any() else None
+    return {
+        "samples": int(len(keep)), "kept": int(keep.sum()), "kept_fraction": float(keep.mean()),
+        "kept_fraction_successful_episodes": frac(ok), "kept_fraction_failed_episodes": frac(~ok),
+        "kept_fraction_near_retry_keyframes": frac(near), "kept_fraction_elsewhere": frac(~near),
+        "kept_fraction_by_stage": {int(s): frac(stage == s) for s in np.unique(stage)},
+        "episodes_fully_kept": int(sum(keep[ep == e].all() for e in np.unique(ep))),
+        "episodes": int(len(np.unique(ep))),
+    }
+
+
+def precision_recall(removed: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Of the removed samples, the fraction truly suboptimal (precision); of the truly
+    suboptimal, the fraction removed (recall)."""
+    removed, truth = np.asarray(removed, bool), np.asarray(truth, bool)
+    tp = float((removed & truth).sum())
+    return tp / max(removed.sum(), 1), tp / max(truth.sum(), 1)

@@ -1,0 +1,91 @@
+"""Plots of the learned task progress: Fig. 3 (progress along demonstrations with the retry
+keyframes and the removed samples) and Fig. 7 (distributional vs regression TD vs t/T on the
+same successful trajectory)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ProgressCurve:
+    """One episode's progress and what the filter did with it."""
+
+    rho: np.ndarray
+    """(T,) progress per step"""
+    keep: np.ndarray | None = None
+    """(T,) bool, False where the filter removed the sample"""
+    keyframes: list[int] = field(default_factory=list)
+    """retry keyframes (dataset steps)"""
+    title: str = ""
+
+
+def _removed_spans(keep: np.ndarray) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for t, k in enumerate(list(keep) + [True]):
+        if not k and start is None:
+            start = t
+        elif k and start is not None:
+            spans.append((start, t))
+            start = None
+    return spans
+
+
+def plot_progress(curves: list[ProgressCurve], out: str | Path, fps: float = 10.0) -> Path:
+    """Fig. 3: one panel per episode, progress over time; keyframes dashed, removed shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(curves)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 2.2 * n), squeeze=False)
+    for ax, c in zip(axes[:, 0], curves):
+        t = np.arange(len(c.rho)) / fps
+        ax.plot(t, c.rho, color="tab:blue", lw=1.5, label="progress ρ")
+        if c.keep is not None:
+            for i, (a, b) in enumerate(_removed_spans(np.asarray(c.keep, bool))):
+                ax.axvspan(a / fps, b / fps, color="tab:red", alpha=0.2, lw=0,
+                           label="removed by the filter" if i == 0 else None)
+        for i, m in enumerate(c.keyframes):
+            ax.axvline(m / fps, color="k", ls="--", lw=1, label="retry keyframe" if i == 0 else None)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("ρ")
+        ax.set_title(c.title, fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_critic_comparison(curves: dict[str, np.ndarray], out: str | Path, title: str = "",
+                           keyframes: list[int] | None = None, fps: float = 10.0) -> Path:
+    """Fig. 7: the progress of several critics on the same trajectory, each min-max scaled to
+    [0, 1] so that shapes compare (the regression critic is unbounded)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for name, rho in curves.items():
+        rho = np.asarray(rho, float)
+        span = rho.max() - rho.min()
+        scaled = (rho - rho.min()) / span if span > 1e-9 else np.zeros_like(rho)
+        ax.plot(np.arange(len(rho)) / fps, scaled, lw=1.5, label=f"{name} (range {rho.min():.2f}..{rho.max():.2f})")
+    for i, m in enumerate(keyframes or []):
+        ax.axvline(m / fps, color="k", ls="--", lw=1, label="retry keyframe" if i == 0 else None)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("progress (scaled)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
