@@ -37,6 +37,8 @@ setup(
             'grrl-data = grrl_trainer.data_cli:main',
             'grrl-train-bc = grrl_trainer.bc:main',
             'grrl-eval = grrl_trainer.evaluate:main',
+            'grrl-critic = grrl_trainer.critic_train:main',
+            'grrl-offline = grrl_trainer.offline:main',
         ],
     },
 )

@@ -241,7 +241,7 @@ class CriticTrainer:
         loss.backward()
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic_params, cfg.grad_clip))
         self.opt_critic.step()
-        metrics["critic_loss"] = float(loss)
+        metrics["critic_loss"] = float(loss.detach())
         with torch.no_grad():
             metrics["q_mean"] = float(self.values(logits).mean())
         self.updates += 1

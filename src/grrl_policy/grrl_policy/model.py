@@ -91,8 +91,12 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if name == "tiny":
         cfg = ModelConfig(name=name)
     elif name == "tiny-state":
+        # a quarter of tiny's compute: the state needs no image tokens, and the whole offline +
+        # online pipeline must train on a 2-core CPU
         from bytemini_driver.sim_state import STATE_DIM
-        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(observation="state", state_dim=STATE_DIM))
+        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(
+            width=64, layers=2, heads=4, kv_heads=2, head_dim=16, observation="state",
+            state_dim=STATE_DIM, state_tokens=4), expert=ExpertConfig(width=64, heads=4, mlp_ratio=2.0))
     elif name == "qwen2.5-vl-3b":
         # 36 decoder layers → the experts have 18, attending to layers 18..35 (GQA: 2 kv heads)
         cfg = ModelConfig(name=name, backbone="qwen",

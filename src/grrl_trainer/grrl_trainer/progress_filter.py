@@ -26,17 +26,19 @@ def observation_of(model: GRRLModel) -> str:
     return "state" if cfg.backbone == "tiny" and cfg.tiny.observation == "state" else "images"
 
 
-def load_critic(path: str | Path) -> tuple[GRRLModel, str, str]:
-    """A critic checkpoint written by ``grrl-critic train``: (model, kind, reduce)."""
+def load_critic(path: str | Path) -> tuple[GRRLModel, str, str, str]:
+    """A critic checkpoint written by ``grrl-critic train``: (model, kind, reduce, position)."""
     model, meta = load_checkpoint(path)
     if meta.extra.get("role") != "critic":
         raise ValueError(f"{path} is not a critic checkpoint (role {meta.extra.get('role')!r})")
-    return model.eval(), str(meta.extra.get("kind", "distributional")), \
-        str(meta.extra.get("progress_reduce", "mean"))
+    x = meta.extra
+    return model.eval(), str(x.get("kind", "distributional")), str(x.get("progress_reduce", "mean")), \
+        str(x.get("progress_position", "first"))
 
 
 def dataset_progress(model: GRRLModel, kind: str, reduce: str, dataset: EpisodeDataset,
-                     batch_size: int = 512, progress: bool = True) -> tuple[dict[int, np.ndarray], float]:
+                     batch_size: int = 512, progress: bool = True,
+                     position: str = "first") -> tuple[dict[int, np.ndarray], float]:
     """rho_t for every step of every recorded episode: {episode: (T,)}, and transitions/s."""
     obs_mode = observation_of(model)
     win = TransitionWindows(dataset, WindowConfig(horizon=model.cfg.horizon, hindsight=False,
@@ -49,7 +51,7 @@ def dataset_progress(model: GRRLModel, kind: str, reduce: str, dataset: EpisodeD
     for lo in range(0, n, batch_size):
         samples = [win[i] for i in range(lo, min(lo + batch_size, n))]
         b = collate(samples, obs_mode)
-        rho = critic_progress(model, b["obs"], b["proprio"], b["actions"], kind, reduce).numpy()
+        rho = critic_progress(model, b["obs"], b["proprio"], b["actions"], kind, reduce, position).numpy()
         if not np.isfinite(rho).all():
             raise ValueError("the critic produced non-finite progress: it diverged; retrain it")
         for s, r in zip(samples, rho):
@@ -63,12 +65,11 @@ def dataset_progress(model: GRRLModel, kind: str, reduce: str, dataset: EpisodeD
 def run_filter(critic: str | Path, data_dir: str | Path, out: str | Path, cfg: FilterConfig,
                batch_size: int = 512, progress: bool = True) -> tuple[Path, dict]:
     """Compute progress, apply the delta-drop rule, write ``out`` (.npz + .json summary)."""
-    model, kind, reduce = load_critic(critic)
-    torch.set_grad_enabled(False)
+    model, kind, reduce, position = load_critic(critic)
     if cfg.horizon != model.cfg.horizon:
         log.info("filter window k=%d (the critic's chunk is %d)", cfg.horizon, model.cfg.horizon)
     dataset = EpisodeDataset(data_dir)
-    rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress)
+    rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
     eps = sorted(rho)
     keep = {e: keep_mask(rho[e], cfg) for e in eps}
     result = FilterResult(
