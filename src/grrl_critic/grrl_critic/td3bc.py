@@ -273,7 +273,7 @@ class CriticTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_clip)
         self.opt_actor.step()
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def _soft_update(self) -> None:

@@ -106,6 +106,25 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+def configure(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """A preset with overrides given as plain data (e.g. from JSON on a command line): top-level
+    fields replace, nested configs ('tiny', 'qwen', 'expert') are merged field by field."""
+    d = preset(name).to_dict()
+    for key, value in (overrides or {}).items():
+        if key not in d:
+            raise ValueError(f"unknown model config field {key!r} in the model overrides")
+        if isinstance(d[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"model override {key!r} must be a dict of its fields")
+            unknown = sorted(set(value) - set(d[key]))
+            if unknown:
+                raise ValueError(f"unknown fields {unknown} in model override {key!r}")
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return ModelConfig.from_dict(d)
+
+
 def build_backbone(cfg: ModelConfig) -> Backbone:
     if cfg.backbone == "tiny":
         return TinyBackbone(cfg.tiny)

@@ -138,21 +138,9 @@ class BCConfig:
 
     def model_config(self):
         """The GR-RL ModelConfig: the preset, the ``model`` overrides and the horizon."""
-        from grrl_policy.model import ModelConfig, preset
+        from grrl_policy.model import ModelConfig, configure
 
-        d = preset(self.preset).to_dict()
-        for key, value in self.model.items():
-            if key not in d:
-                raise ValueError(f"unknown model config field {key!r} in the model overrides")
-            if isinstance(d[key], dict):
-                if not isinstance(value, dict):
-                    raise ValueError(f"model override {key!r} must be a dict of its fields")
-                unknown = sorted(set(value) - set(d[key]))
-                if unknown:
-                    raise ValueError(f"unknown fields {unknown} in model override {key!r}")
-                d[key] = {**d[key], **value}
-            else:
-                d[key] = value
+        d = configure(self.preset, self.model).to_dict()
         if d["horizon"] != self.horizon and "horizon" in self.model:
             raise ValueError(f"the model override's horizon {d['horizon']} differs from the BC "
                              f"horizon {self.horizon}")

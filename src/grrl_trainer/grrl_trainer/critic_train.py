@@ -76,8 +76,8 @@ class CriticRunConfig:
         return dataclasses.asdict(self)
 
     def model_config(self):
-        from grrl_policy.model import preset
-        return preset(self.preset, **self.model)
+        from grrl_policy.model import configure
+        return configure(self.preset, self.model)
 
 
 def critic_windows(dataset: EpisodeDataset, cfg: CriticRunConfig, model_cfg) -> TransitionWindows:

@@ -1,0 +1,102 @@
+"""grrl-critic on a small synthetic dataset: train, resume, filter, plot; and the bad inputs
+(no failures or keyframes, an empty filter result, a diverging critic) stop with a message and
+write no broken checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grrl_critic.td3bc import TD3BCConfig
+from grrl_policy.checkpoint import read_meta
+from grrl_trainer import critic_train
+from grrl_trainer.critic_train import CriticRunConfig, train_critic
+from grrl_trainer.dataset import episode_path, write_episode
+
+from test_bc import SMALL, record
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_data(root: Path, failures: bool = True, keyframes: bool = True) -> Path:
+    for seed, (T, ok) in enumerate(zip((30, 24, 20), (True, not failures, True))):
+        write_episode(episode_path(root, seed), record(seed, T, ok, keyframes=[5] if (seed and keyframes) else []))
+    return root
+
+
+def cfg(**kw) -> CriticRunConfig:
+    base = dict(model={**SMALL, "horizon": 4}, steps=30, batch_size=16, checkpoint_every=10,
+                log_every=5, workers=0, seed=1, td3bc=TD3BCConfig(gamma=0.9))
+    return CriticRunConfig(**{**base, **kw})
+
+
+def test_train_resume_filter_and_plot(tmp_path):
+    data = make_data(tmp_path / "data")
+    run = tmp_path / "run"
+    part = train_critic(data, run, cfg(), progress=False, stop_after=20)
+    assert part.name == "step_0000020" and not (run / "critic.json").exists()
+    final = train_critic(data, run, cfg(), progress=False)
+    meta = read_meta(final)
+    assert meta.extra["role"] == "critic" and meta.extra["step"] == 30
+    rows = (run / "critic.csv").read_text().splitlines()
+    assert rows[0].startswith("step,critic_loss") and rows[-1].startswith("30,")
+    # a changed configuration is refused
+    with pytest.raises(ValueError, match="another configuration"):
+        train_critic(data, run, cfg(batch_size=8), progress=False)
+    code = critic_train.main(["filter", "--data", str(data), "--critic", str(final), "--out",
+                              str(tmp_path / "f.npz"), "--delta", "0.5", "--plot", "2", "--quiet"])
+    assert code == 0
+    f = np.load(tmp_path / "f.npz")
+    assert len(f["keep"]) == 30 + 24 + 20 and np.isfinite(f["progress"]).all()
+    summary = json.loads((tmp_path / "f.json").read_text())
+    assert summary["samples"] == 74 and summary["transitions_per_second"] > 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+    code = critic_train.main(["compare", "--data", str(data), "--episode", "0", "--critic",
+                              f"distributional={final}", "--out", str(tmp_path / "fig7.png")])
+    assert code == 0 and (tmp_path / "fig7.png").exists()
+
+
+def test_a_dataset_without_failures_or_keyframes_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path / "data", failures=False, keyframes=False)
+    code = critic_train.main(["train", "--data", str(data), "--out", str(tmp_path / "run"),
+                              "--model", json.dumps({**SMALL, "horizon": 4}), "--steps", "5", "--quiet"])
+    assert code == 2
+    assert "no failed episodes and no retry keyframes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_filter_result_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    final = train_critic(data, tmp_path / "run", cfg(steps=5), progress=False)
+    # a negative delta removes everything; the CLI refuses to write the filter file
+    code = critic_train.main(["filter", "--data", str(data), "--critic", str(final), "--out",
+                              str(tmp_path / "f.npz"), "--delta", "-1", "--plot", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and ("kept 0 of" in err or "delta must be >= 0" in err)
+    assert not (tmp_path / "f.npz").exists()
+    from grrl_critic.filtering import FilterConfig, FilterResult
+    empty = FilterResult(np.zeros(3, int), np.arange(3), np.zeros(3, bool), np.zeros(3), FilterConfig())
+    with pytest.raises(ValueError, match="kept 0 of 3"):
+        empty.save(tmp_path / "g.npz")
+
+
+def test_a_diverging_critic_stops_without_a_checkpoint(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    code = critic_train.main(["train", "--data", str(data), "--out", str(tmp_path / "run"),
+                              "--model", json.dumps({**SMALL, "horizon": 4}), "--steps", "20",
+                              "--lr", "1e30", "--quiet", "--checkpoint-every", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "critic loss is nan" in err and "without writing a checkpoint" in err, err
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.json"))
+    assert not (tmp_path / "run" / "critic.json").exists()
