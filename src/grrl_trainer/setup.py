@@ -27,6 +27,7 @@ setup(
     entry_points={
         'grrl.benchmarks': [
             'data = grrl_trainer.bench_data:main',
+            'critic = grrl_trainer.bench_critic:main',
         ],
         'console_scripts': [
             'grrl-launch = grrl_trainer.launcher:main',

@@ -113,6 +113,20 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
         raise CheckpointError(f"{meta_path}: invalid checkpoint config: {e}") from None
 
 
+def verify_files(path: str | os.PathLike) -> tuple[CheckpointMeta, str]:
+    """The checkpoint's JSON and the sha256 of its weights file, after checking that the file
+    exists and hashes to what the JSON records (weights are not loaded)."""
+    weights, _ = paths(path)
+    meta = read_meta(path)
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: weights file missing")
+    digest = file_sha256(weights)
+    if digest != meta.sha256:
+        raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match its config "
+                              f"({meta.sha256[:12]}…): the file is corrupt or was replaced")
+    return meta, digest
+
+
 def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None,
                     model: GRRLModel | None = None,
                     device: str | torch.device = "cpu") -> tuple[GRRLModel, CheckpointMeta]:
@@ -122,13 +136,7 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None,
     safetensors header, tensor names and shapes. The target model is modified only after all
     checks passed."""
     weights, _ = paths(path)
-    meta = read_meta(path)
-    if not weights.exists():
-        raise CheckpointError(f"{weights}: weights file missing")
-    digest = file_sha256(weights)
-    if digest != meta.sha256:
-        raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match its config "
-                              f"({meta.sha256[:12]}…): the file is corrupt or was replaced")
+    meta, digest = verify_files(path)
     if expected_sha256 and digest != expected_sha256:
         raise CheckpointError(f"{weights}: sha256 {digest[:12]}… is not the announced "
                               f"{expected_sha256[:12]}…")

@@ -47,7 +47,7 @@ from bytemini_driver.sim_state import state_vector
 from bytemini_driver.task import STAGES
 from bytemini_driver.trajectory import JointLimits as DriverLimits
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
-from grrl_policy.checkpoint import CheckpointError, file_sha256, paths, read_meta
+from grrl_policy.checkpoint import CheckpointError, read_meta, verify_files
 from grrl_policy.chunk_executor import (ChunkExecutor, ChunkExecutorError, ExecutorConfig,
                                         joint_limits)
 from grrl_policy.model import ModelConfig
@@ -441,14 +441,7 @@ def video_name(seed: int, mirrored: bool) -> str:
 def verify_checkpoint(checkpoint: str) -> tuple[str, int]:
     """(sha256, policy version) of a checkpoint whose files exist and agree (JSON readable,
     weights hash as recorded); raises CheckpointError otherwise. Weights are not loaded."""
-    meta = read_meta(checkpoint)
-    weights, _ = paths(checkpoint)
-    if not weights.exists():
-        raise CheckpointError(f"{weights}: weights file missing")
-    digest = file_sha256(weights)
-    if digest != meta.sha256:
-        raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match its config "
-                              f"({meta.sha256[:12]}…): the file is corrupt or was replaced")
+    meta, digest = verify_files(checkpoint)
     return digest, meta.version
 
 

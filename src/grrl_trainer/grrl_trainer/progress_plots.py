@@ -22,6 +22,16 @@ class ProgressCurve:
     title: str = ""
 
 
+def _save(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _removed_spans(keep: np.ndarray) -> list[tuple[int, int]]:
     spans, start = [], None
     for t, k in enumerate(list(keep) + [True]):
@@ -55,12 +65,7 @@ def plot_progress(curves: list[ProgressCurve], out: str | Path, fps: float = 10.
         ax.set_title(c.title, fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
     axes[-1, 0].set_xlabel("time (s)")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_critic_comparison(curves: dict[str, np.ndarray], out: str | Path, title: str = "",
@@ -83,9 +88,4 @@ def plot_critic_comparison(curves: dict[str, np.ndarray], out: str | Path, title
     ax.set_ylabel("progress (scaled)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
