@@ -1,0 +1,379 @@
+"""Online steering of the frozen flow policy in its noise space (paper section 3.3, after DSRL).
+
+Frozen: the VLM backbone and the action DiT π_θ, a flow policy that is a deterministic function
+π_θ(s | ε) of its initial noise ε (B, k, D) (normalised action space). Trained:
+
+* the noise predictor π_θ'(s) → ε, by eq. (3):
+      L(π_θ') = E_s[ −Q_φ'(s, ε) + c · max(½‖ε‖² − β, 0) ],   ε = π_θ'(s)
+  (‖ε‖² over the whole chunk, k·D numbers; −Q_φ' is minus the mean of Q_φ''s categorical
+  distribution). β defaults to ½·k·D, the expected ½‖ε‖² under N(0, I): ε may move anywhere
+  inside the ball a typical Gaussian sample lies on, and is pulled back (hinge) beyond it;
+* the noise-space critic Q_φ'(s, ε), distilled from the action critic by eq. (4):
+      L(Q_φ') = CE( Q_φ'(s, ε), Q_φ(s, π_θ(s | ε)) ),   ε ~ N(0, I) w.p. ``noise_mix`` (0.5),
+                                                         ε = π_θ'(s) otherwise,
+  the target being Q_φ's full-chunk distribution (softmax, no gradient; twin critics reduced by
+  ``distill_critics``), the prediction Q_φ''s full-chunk logits;
+* the action critic Q_φ(s, a), distributional TD3 on the online transitions
+  (s_t, a_t = the executed raw chunk, r, done, s_{t+j}):
+      T Z = Proj_C51[ r + γ^j (1 − done) Z_target(s', a') ],
+      a'  = π_θ(s' | π_θ'_target(s') + clip(N(0, σ²), −c_n, c_n))     (smoothing in ε-space)
+  with clipped double Q on the distributions (per sample, the target critic with the lower
+  mean) and the prediction read at chunk position j − 1 (the executed prefix a_{t:t+j}; the
+  full chunk when j = k), exactly as the offline critic (:mod:`grrl_critic.td3bc`).
+
+The backbone prefix of s (and of s') is computed once per batch without gradient and shared by
+every head. The three losses are computed from the same parameters, checked for finiteness
+(:class:`DivergedError` before any step), and each steps its own parameter group: the noise
+critic is frozen while the actor loss is built, so eq. (3) moves π_θ' alone, and eq. (4)'s
+inputs and target carry no gradient, so it moves Q_φ' alone. The noise predictor and the target
+networks (twin critics, noise predictor; Polyak ``tau``) update every ``policy_delay`` steps.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grrl_policy.model import GRRLModel
+from grrl_policy.prefix import Prefix
+
+from .categorical import mean_value, project, support
+from .td3bc import DivergedError, at_offset, clipped_double_probs, distributional_td_loss
+
+log = logging.getLogger(__name__)
+
+DISTILL_CRITICS = ("min", "mean")
+
+__all__ = ["SteeringConfig", "SteeringLearner", "DivergedError", "default_beta", "noise_penalty",
+           "noise_actor_loss", "mixed_noise", "noise_critic_loss"]
+
+
+@dataclass
+class SteeringConfig:
+    """Hyper-parameters of online noise-space steering (section 3.3, eqs. (3) and (4))."""
+
+    c: float = 1.0
+    """eq. (3): coefficient of the penalty max(½‖ε‖² − β, 0)"""
+    beta: float | None = None
+    """eq. (3): threshold on ½‖ε‖²; None = ½·k·D, the expected ½‖ε‖² of ε ~ N(0, I)"""
+    gamma: float = 0.99
+    """discount per chunk step (bootstrap γ^offset)"""
+    tau: float = 0.005
+    """Polyak rate of the target critics and the target noise predictor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin action critics Q_φ"""
+    noise_lr: float = 1e-4
+    """Adam learning rate of the noise predictor π_θ'"""
+    noise_critic_lr: float = 3e-4
+    """Adam learning rate of the noise critic Q_φ'"""
+    noise_mix: float = 0.5
+    """eq. (4): probability that the distillation noise is drawn from N(0, I) (else π_θ'(s))"""
+    distill_critics: str = "min"
+    """eq. (4) target from the twin critics: 'min' (per sample the lower-mean one) or 'mean'"""
+    target_noise_std: float = 0.2
+    """TD3 target smoothing: std of the Gaussian added to π_θ'_target(s') in ε-space (0 = off)"""
+    target_noise_clip: float = 0.5
+    """... clipped to ±target_noise_clip"""
+    policy_delay: int = 2
+    """noise-predictor and target updates every this many critic updates"""
+    flow_steps: int = 0
+    """Euler steps of π_θ(s | ε); 0 = the model's flow_steps"""
+    grad_clip: float = 10.0
+    """gradient-norm clip of each parameter group"""
+
+    def __post_init__(self) -> None:
+        if self.c < 0:
+            raise ValueError(f"c must be >= 0, got {self.c}")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"beta must be >= 0 or None, got {self.beta}")
+        if not 0.0 <= self.noise_mix <= 1.0:
+            raise ValueError(f"noise_mix must be in [0, 1], got {self.noise_mix}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.policy_delay < 1:
+            raise ValueError(f"policy_delay must be >= 1, got {self.policy_delay}")
+        if self.flow_steps < 0:
+            raise ValueError(f"flow_steps must be >= 0, got {self.flow_steps}")
+        if self.target_noise_std < 0 or self.target_noise_clip < 0:
+            raise ValueError("target_noise_std and target_noise_clip must be >= 0")
+        if self.distill_critics not in DISTILL_CRITICS:
+            raise ValueError(f"distill_critics must be one of {DISTILL_CRITICS}, "
+                             f"got {self.distill_critics!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SteeringConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown steering config fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def default_beta(horizon: int, action_dim: int) -> float:
+    """β = ½·k·D: the expected ½‖ε‖² of a chunk of standard normal noise (B, k, D)."""
+    return 0.5 * horizon * action_dim
+
+
+# ---------------------------------------------------------------- losses (pure functions)
+def noise_penalty(eps: torch.Tensor, c: float, beta: float) -> torch.Tensor:
+    """c · max(½‖ε‖² − β, 0) per sample: eps (B, k, D) (any trailing shape) → (B,)."""
+    half_sq = 0.5 * eps.pow(2).flatten(1).sum(-1)
+    return c * (half_sq - beta).clamp_min(0.0)
+
+
+def noise_actor_loss(noise_q_mean: torch.Tensor, eps: torch.Tensor, c: float,
+                     beta: float) -> torch.Tensor:
+    """Eq. (3): mean over the batch of −Q_φ'(s, ε) + c · max(½‖ε‖² − β, 0).
+
+    noise_q_mean: (B,) means of Q_φ''s categorical distributions at ε = π_θ'(s); eps (B, k, D)."""
+    return (-noise_q_mean + noise_penalty(eps, c, beta)).mean()
+
+
+def mixed_noise(predicted: torch.Tensor, p_normal: float,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (4)'s input noise: per sample, N(0, I) with probability ``p_normal``, else the
+    predictor's ε. predicted: (B, k, D) (pass it detached). Returns (ε (B, k, D), from_normal
+    (B,) bool). ``generator`` must live on predicted's device (None = the global RNG)."""
+    B = predicted.shape[0]
+    from_normal = torch.rand(B, generator=generator, device=predicted.device) < p_normal
+    normal = torch.randn(predicted.shape, generator=generator, device=predicted.device,
+                         dtype=predicted.dtype)
+    eps = torch.where(from_normal.view(B, *([1] * (predicted.dim() - 1))), normal, predicted)
+    return eps, from_normal
+
+
+def noise_critic_loss(noise_logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Eq. (4): cross-entropy of Q_φ' logits (B, bins) against Q_φ's distributions (B, bins),
+    averaged over the batch."""
+    return distributional_td_loss(noise_logits[None], target_probs)
+
+
+# ---------------------------------------------------------------- the learner
+class SteeringLearner:
+    """Trains π_θ', Q_φ' and Q_φ of a :class:`GRRLModel` online with its backbone and action DiT
+    frozen; ``update(batch)`` is one step of all three, ``warm_up_critic(batch)`` one step of
+    the critics only. Batches follow :mod:`grrl_trainer.batches` (obs, next_obs, proprio,
+    next_proprio, actions in physical units, reward, done, offset); other keys (e.g. the
+    rollout's ``noise``) are ignored."""
+
+    def __init__(self, model: GRRLModel, cfg: SteeringConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        self.cfg = cfg or SteeringConfig()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        mc = model.cfg
+        self.beta = (float(self.cfg.beta) if self.cfg.beta is not None
+                     else default_beta(mc.horizon, mc.action_dim))
+        """eq. (3)'s threshold in effect (the config's, or ½·k·D)"""
+        self.frozen = (model.backbone, model.action_expert)
+        for m in self.frozen:
+            m.requires_grad_(False)
+        self.heads = {"critics": model.critics, "noise_predictor": model.noise_predictor,
+                      "noise_critic": model.noise_critic}
+        for m in self.heads.values():
+            m.requires_grad_(True)
+        self._set_modes()
+        self.critics_target = copy.deepcopy(model.critics).requires_grad_(False)
+        self.noise_target = copy.deepcopy(model.noise_predictor).requires_grad_(False)
+        self.opt_critic = torch.optim.Adam(model.critic_parameters(), lr=self.cfg.critic_lr)
+        self.opt_noise = torch.optim.Adam(model.noise_parameters(), lr=self.cfg.noise_lr)
+        self.opt_noise_critic = torch.optim.Adam(model.noise_critic_parameters(), lr=self.cfg.noise_critic_lr)
+        self.atoms = support(mc.value_bins, device=self.device)
+        self.updates = 0
+
+    def _set_modes(self) -> None:
+        """Frozen modules in eval mode, trained heads in train mode (re-applied every step in
+        case a caller toggled the model's mode)."""
+        for m in self.frozen:
+            m.eval()
+        for m in self.heads.values():
+            m.train()
+
+    def policy_model(self) -> GRRLModel:
+        """The model to checkpoint: the same GRRLModel, its heads updated in place."""
+        return self.model
+
+    # -- pieces --------------------------------------------------------------------------
+    def values(self, logits: torch.Tensor) -> torch.Tensor:
+        """(…, bins) logits → (…) means of the categorical distributions."""
+        return mean_value(logits.softmax(-1), self.atoms)
+
+    def _steps(self) -> int | None:
+        return self.cfg.flow_steps or None
+
+    def _target_critic_logits(self, prefix: Prefix, proprio: torch.Tensor,
+                              actions: torch.Tensor) -> torch.Tensor:
+        """The target twins' (n_critics, B, k, bins) logits for physical-unit chunks."""
+        nz = self.model.normalizer
+        p, a = nz.norm("proprio", proprio), nz.norm("action", actions)
+        return torch.stack([c(prefix, p, a) for c in self.critics_target])
+
+    @torch.no_grad()
+    def steered_actions(self, prefix: Prefix, proprio: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """π_θ(s | ε) in physical units (B, k, D), without gradient (the DiT is frozen)."""
+        m = self.model
+        return m.normalizer.denorm("action", m.sample_normalized(prefix, proprio, eps, self._steps()))
+
+    def td_objective(self, b: dict, prefix: Prefix, next_prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distributional TD3 loss of the twin critics on the executed chunks, and their
+        (n_critics, B, bins) predicted logits at position offset − 1."""
+        cfg, model = self.cfg, self.model
+        if not torch.isfinite(b["reward"]).all():
+            raise ValueError("the batch holds non-finite rewards")
+        with torch.no_grad():
+            eps_next = self.noise_target(next_prefix, model.normalizer.norm("proprio", b["next_proprio"]))
+            if cfg.target_noise_std > 0:
+                smooth = (torch.randn_like(eps_next) * cfg.target_noise_std).clamp(
+                    -cfg.target_noise_clip, cfg.target_noise_clip)
+                eps_next = eps_next + smooth
+            a_next = self.steered_actions(next_prefix, b["next_proprio"], eps_next)
+            next_out = self._target_critic_logits(next_prefix, b["next_proprio"], a_next)[:, :, -1]
+            discount = cfg.gamma ** b["offset"].to(next_out.dtype)
+            target_probs = project(clipped_double_probs(next_out, self.atoms), b["reward"].to(next_out.dtype),
+                                   b["done"], discount, self.atoms)
+        logits = at_offset(model.critic_logits(prefix, b["proprio"], b["actions"]), b["offset"])
+        return distributional_td_loss(logits, target_probs), logits
+
+    def distill_objective(self, prefix: Prefix, proprio: torch.Tensor,
+                          eps_predicted: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. (4): Q_φ' distilled from Q_φ at mixed noise (gradient to Q_φ' only)."""
+        model = self.model
+        with torch.no_grad():
+            eps, from_normal = mixed_noise(eps_predicted.detach(), self.cfg.noise_mix)
+            actions = self.steered_actions(prefix, proprio, eps)
+            q_logits = model.critic_logits(prefix, proprio, actions)[:, :, -1]       # (n_c, B, bins)
+            if self.cfg.distill_critics == "min":
+                target_probs = clipped_double_probs(q_logits, self.atoms)
+            else:
+                target_probs = q_logits.softmax(-1).mean(0)
+        logits = model.noise_critic_logits(prefix, proprio, eps)[:, -1]
+        loss = noise_critic_loss(logits, target_probs)
+        with torch.no_grad():
+            stats = {"distill_target_mean": float(mean_value(target_probs, self.atoms).mean()),
+                     "distill_normal_frac": float(from_normal.float().mean())}
+        return loss, stats
+
+    def actor_objective(self, prefix: Prefix, proprio: torch.Tensor,
+                        grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. (3) at ε = π_θ'(s): (loss, ε (B, k, D), Q_φ' means (B,)). The noise critic is
+        frozen while the graph is built, so the loss differentiates into π_θ' alone."""
+        model = self.model
+        with torch.set_grad_enabled(grad):
+            eps = model.predict_noise(prefix, proprio)
+            nc = model.noise_critic_parameters()
+            for p in nc:
+                p.requires_grad_(False)
+            try:
+                q = self.values(model.noise_critic_logits(prefix, proprio, eps)[:, -1])
+            finally:
+                for p in nc:
+                    p.requires_grad_(True)
+            loss = noise_actor_loss(q, eps, self.cfg.c, self.beta)
+        return loss, eps, q
+
+    # -- steps ---------------------------------------------------------------------------
+    def update(self, batch: dict) -> dict[str, float]:
+        """One online step: Q_φ (TD3), Q_φ' (eq. 4), and every ``policy_delay`` steps π_θ'
+        (eq. 3) and the targets. Returns metrics; raises DivergedError without stepping."""
+        return self._step(batch, actor=True)
+
+    def warm_up_critic(self, batch: dict) -> dict[str, float]:
+        """Critic warm-up before online training: Q_φ (TD3) and the Q_φ' distillation only;
+        π_θ' is untouched (targets still follow the critics every ``policy_delay`` steps)."""
+        return self._step(batch, actor=False)
+
+    def _step(self, batch: dict, actor: bool) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        self._set_modes()
+        b = {k: self._to(v) for k, v in batch.items()}
+        with torch.no_grad():
+            prefix = model.encode(b["obs"])
+            next_prefix = model.encode(b["next_obs"])
+        step_actor = actor and (self.updates + 1) % cfg.policy_delay == 0
+        td_loss, q_logits = self.td_objective(b, prefix, next_prefix)
+        actor_loss, eps, noise_q = self.actor_objective(prefix, b["proprio"], grad=step_actor)
+        distill_loss, distill_stats = self.distill_objective(prefix, b["proprio"], eps.detach())
+        losses = {"critic_loss": td_loss, "noise_critic_loss": distill_loss, "noise_actor_loss": actor_loss}
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise DivergedError(f"{name} is {loss.item()} at update {self.updates}")
+        groups = [(self.opt_critic, model.critic_parameters(), "critic"),
+                  (self.opt_noise_critic, model.noise_critic_parameters(), "noise_critic")]
+        total = td_loss + distill_loss
+        if step_actor:
+            groups.append((self.opt_noise, model.noise_parameters(), "noise"))
+            total = total + actor_loss
+        for opt, _, _ in groups:
+            opt.zero_grad(set_to_none=True)
+        total.backward()      # the groups' graphs are disjoint: each gets its own loss's gradient
+        metrics: dict[str, float] = {}
+        for opt, params, name in groups:
+            metrics[f"{name}_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            opt.step()
+        self.updates += 1
+        if self.updates % cfg.policy_delay == 0:
+            self._soft_update()
+        with torch.no_grad():
+            norms = eps.detach().flatten(1).norm(dim=-1)
+            half_sq = 0.5 * norms.pow(2)
+            metrics.update({name: float(loss.detach()) for name, loss in losses.items()})
+            metrics.update(distill_stats)
+            metrics.update({
+                "eps_norm_mean": float(norms.mean()),
+                "eps_norm_std": float(norms.std(unbiased=False)),
+                "penalty_frac": float((half_sq > self.beta).float().mean()),
+                "q_mean": float(self.values(q_logits).mean()),
+                "noise_q_mean": float(noise_q.detach().mean()),
+                "actor_updated": float(step_actor),
+            })
+        return metrics
+
+    @torch.no_grad()
+    def _soft_update(self) -> None:
+        tau = self.cfg.tau
+        for net, tgt in ((self.model.critics, self.critics_target),
+                         (self.model.noise_predictor, self.noise_target)):
+            for p, tp in zip(net.parameters(), tgt.parameters()):
+                tp.lerp_(p, tau)
+            for bf, tb in zip(net.buffers(), tgt.buffers()):
+                tb.copy_(bf)
+
+    def _to(self, v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.to(self.device)
+        if isinstance(v, dict):
+            return {k: self._to(x) for k, x in v.items()}
+        return v
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What the learner trains (heads, targets, optimizers, step count, config): tensors and
+        primitive containers, loadable with ``torch.load(weights_only=True)``. The frozen
+        backbone and DiT are not included; they live in the policy checkpoint."""
+        return {"heads": {name: m.state_dict() for name, m in self.heads.items()},
+                "critics_target": self.critics_target.state_dict(),
+                "noise_target": self.noise_target.state_dict(),
+                "opt_critic": self.opt_critic.state_dict(),
+                "opt_noise": self.opt_noise.state_dict(),
+                "opt_noise_critic": self.opt_noise_critic.state_dict(),
+                "updates": self.updates, "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, m in self.heads.items():
+            m.load_state_dict(state["heads"][name])
+        self.critics_target.load_state_dict(state["critics_target"])
+        self.noise_target.load_state_dict(state["noise_target"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.opt_noise.load_state_dict(state["opt_noise"])
+        self.opt_noise_critic.load_state_dict(state["opt_noise_critic"])
+        self.updates = int(state["updates"])
+        saved = state.get("config")
+        if saved is not None and saved != self.cfg.to_dict():
+            log.warning("steering state was saved with a different config: %s (now %s)",
+                        saved, self.cfg.to_dict())
