@@ -40,6 +40,7 @@ setup(
             'grrl-eval = grrl_trainer.evaluate:main',
             'grrl-critic = grrl_trainer.critic_train:main',
             'grrl-offline = grrl_trainer.offline:main',
+            'grrl-online = grrl_trainer.online:main',
         ],
     },
 )

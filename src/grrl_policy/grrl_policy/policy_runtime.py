@@ -139,7 +139,11 @@ class Policy:
 
     @torch.no_grad()
     def infer(self, obs: dict, proprio: torch.Tensor, steer: bool = False,
-              noise: np.ndarray | None = None, steps: int | None = None) -> Chunk:
+              noise: np.ndarray | None = None, steps: int | None = None,
+              explore: np.ndarray | None = None) -> Chunk:
+        """One chunk. The initial noise is ``noise`` if given, else the noise predictor's output
+        if ``steer`` (plus ``explore`` (k, D) if given: exploration around the steered noise
+        during online RL), else N(0, I)."""
         with self._lock:
             model, version, sha = self._model, self._version, self._sha
         t0 = time.perf_counter()
@@ -151,6 +155,8 @@ class Policy:
             eps = torch.as_tensor(noise, dtype=torch.float32, device=self.device)[None]
         elif steer:
             eps = model.predict_noise(prefix, proprio)
+            if explore is not None:
+                eps = eps + torch.as_tensor(explore, dtype=eps.dtype, device=eps.device)[None]
         else:
             eps = torch.randn(1, model.cfg.horizon, model.cfg.action_dim, device=self.device)
         if not torch.isfinite(eps).all():

@@ -76,6 +76,8 @@ class EvalConfig:
     time_limit: float = 60.0
     """simulated seconds before an episode counts as a failure"""
     steer: bool = False
+    explore_std: float = 0.0
+    """with steer: Gaussian exploration noise added to the predicted epsilon (online RL)"""
     """initial noise from the noise predictor (the online-RL policy) instead of N(0, I)"""
     flow_steps: int = 0
     """Euler steps of the flow ODE; 0: the model's own setting"""
@@ -99,6 +101,8 @@ class EvalConfig:
     """mixed with each episode's seed to seed the policy's sampling noise"""
     model_seed: int = 0
     """initialisation seed of a fresh model (no checkpoint)"""
+    record_decisions: bool = False
+    """keep every decision's observation, chunk and noise (online RL; see online_episode)"""
     video_episodes: int = 0
     """save head-camera GIFs of this many episodes (the first seeds)"""
     video_size: int = 224
@@ -142,6 +146,9 @@ class EpisodeResult:
     """wall seconds spent in the policy"""
     frames: list[np.ndarray] | None = field(default=None, repr=False)
     """head-camera frames every step period (video episodes only; not in the report)"""
+    decisions: dict[str, list] | None = field(default=None, repr=False)
+    """per policy decision: observation, proprio, chunk, noise, steered, time; plus the final
+    observation (``record_decisions`` only; not in the report; see :func:`online_episode`)"""
 
     @property
     def stage(self) -> int:
@@ -149,7 +156,8 @@ class EpisodeResult:
         return max((STAGES.index(s) for s in self.stages), default=0)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "frames"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("frames", "decisions")}
         d["stages"] = list(self.stages)
         return d
 
@@ -220,6 +228,8 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
     mcfg = policy.config
     names = desc.actuated_joint_names()
     frames: list[np.ndarray] | None = [] if video else None
+    rec: dict[str, list] | None = {k: [] for k in ("obs", "proprio", "actions", "noise", "steered", "t")} \
+        if cfg.record_decisions else None
     try:
         params = sim.reset(seed, mirrored=cfg.mirrored)
     except PhysicsError as e:
@@ -264,9 +274,10 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
                         else:
                             obs, proprio = build_observation(
                                 mcfg, instruction, q, images={c: sim.render(c) for c in CAMERAS})
-                        noise = None if cfg.steer else rng.standard_normal(
-                            (mcfg.horizon, mcfg.action_dim)).astype(np.float32)
+                        draw = rng.standard_normal((mcfg.horizon, mcfg.action_dim)).astype(np.float32)
+                        noise = None if cfg.steer else draw
                         chunk = policy.infer(obs, proprio, steer=cfg.steer, noise=noise,
+                                             explore=cfg.explore_std * draw if cfg.steer and cfg.explore_std else None,
                                              steps=cfg.flow_steps or None)
                     except (ObservationError, PolicyOutputError) as e:
                         reason = f"policy error: {e}"
@@ -282,6 +293,13 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
                         reason = f"optimizer error: {e}"
                         break
                     chunks += 1
+                    if rec is not None:
+                        rec["obs"].append(obs["state"][0].numpy() if state_obs else obs["images"][0].numpy())
+                        rec["proprio"].append(np.asarray(q, np.float32))
+                        rec["actions"].append(chunk.actions)
+                        rec["noise"].append(chunk.noise)
+                        rec["steered"].append(chunk.steered)
+                        rec["t"].append(t)
                     next_plan = plan.execute_until - 0.5 * cfg.step_period
                     points = [Waypoint(float(tk - t), np.clip(p, limits.lower, limits.upper),
                                        np.clip(v, -limits.velocity, limits.velocity),
@@ -308,11 +326,47 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
         reason = "success" if state.success else (
             f"jammed: {state.jam_reason}" if state.jammed else "timeout")
     success = bool(state.success) and reason == "success"
+    if rec is not None and rec["t"] and not reason.startswith("physics fault"):
+        q = sim.joint_positions()
+        rec["final_obs"] = [state_vector(sim.lace_points(), *eyelet, params.shoe_yaw) if state_obs
+                            else np.stack([sim.render(c) for c in CAMERAS])]
+        rec["final_proprio"] = [np.asarray(q, np.float32)]
+        rec["t_end"] = [t_end]
+    elif rec is not None:
+        rec = None                # nothing usable to learn from (no decision, or a blow-up)
     stages = [STAGES[s] for s in state.reached]
     final = [] if reason.startswith("physics fault") else sim.joint_positions().tolist()
     return EpisodeResult(int(seed), bool(cfg.mirrored), instruction, success, stages, steps,
                          chunks, t_end, reason, final,
-                         time.perf_counter() - t_start, infer_s, frames)
+                         time.perf_counter() - t_start, infer_s, frames, rec)
+
+
+def online_episode(result: EpisodeResult, policy_version: int, gamma: float, step_period: float,
+                   horizon: int, observation: str, robot: str = "sim", episode_id: str = ""):
+    """The :class:`grrl_trainer.replay.OnlineEpisode` of a recorded evaluation episode (one
+    row per policy decision), with eq. (1)'s reward: gamma^(T-t) on the last decision of a
+    successful episode, T - t counted in chunk steps from that decision to the end."""
+    from grrl_trainer.replay import OnlineEpisode
+    d = result.decisions
+    if not d:
+        raise ValueError(f"episode {result.seed} has no recorded decisions")
+    times = np.array(d["t"] + d["t_end"])
+    steps = np.rint(np.diff(times) / step_period).astype(int)
+    n = len(d["t"])
+    reward = np.zeros(n, np.float32)
+    if result.success:
+        reward[-1] = gamma ** max(1, int(steps[-1]))
+    done = np.zeros(n, bool)
+    done[-1] = True
+    return OnlineEpisode(
+        episode_id=episode_id or f"{robot}-v{policy_version}-s{result.seed}{'m' if result.mirrored else ''}",
+        robot=robot, policy_version=int(policy_version), instruction=result.instruction,
+        success=bool(result.success),
+        observations={"proprio": np.stack(d["proprio"] + d["final_proprio"]).astype(np.float32),
+                      observation: np.stack(d["obs"] + d["final_obs"])},
+        actions=np.stack(d["actions"]).astype(np.float32), noise=np.stack(d["noise"]).astype(np.float32),
+        steered=np.array(d["steered"], bool), reward=reward, done=done,
+        offset=np.clip(steps, 1, horizon).astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -466,25 +520,11 @@ def evaluate(checkpoint: str | None, cfg: EvalConfig, preset: str = "tiny",
     if cfg.first_seed < HELD_OUT_SEEDS:
         LOG.warning("seeds from %d overlap the demonstrations' (0..%d): not a held-out "
                     "evaluation", cfg.first_seed, HELD_OUT_SEEDS - 1)
-    spec = _Spec(checkpoint or None, sha or None, preset, cfg.model_seed, cfg.device, cfg.threads,
-                 cfg.video_size)
     seeds = [cfg.first_seed + i for i in range(cfg.episodes)]
-    jobs = [(spec, cfg, s, i < cfg.video_episodes, str(out)) for i, s in enumerate(seeds)]
     LOG.info("evaluating %s on %d seeds from %d with %d worker(s)",
              checkpoint or f"a fresh {preset} model", len(seeds), cfg.first_seed, cfg.workers)
     t0 = time.perf_counter()
-    if cfg.workers <= 1:
-        threads = torch.get_num_threads()
-        try:
-            results = map_episodes(_work, jobs, 1, desc="evaluation episodes", progress=progress)
-        finally:
-            torch.set_num_threads(threads)
-            if _WORKER is not None:
-                _WORKER.sim.close()
-            _WORKER = None
-    else:
-        results = map_episodes(_work, jobs, cfg.workers, desc="evaluation episodes",
-                               progress=progress)
+    results, jobs = _rollouts(checkpoint, sha, preset, seeds, cfg, out, progress)
     wall = time.perf_counter() - t0
     report: dict[str, Any] = {
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
@@ -501,6 +541,35 @@ def evaluate(checkpoint: str | None, cfg: EvalConfig, preset: str = "tiny",
     os.replace(tmp, out / "eval.json")
     LOG.info("%s", summary_line(report))
     return report
+
+
+def _rollouts(checkpoint: str | None, sha: str | None, preset: str, seeds: list[int],
+              cfg: EvalConfig, out: Path, progress: bool) -> tuple[list[EpisodeResult], list]:
+    global _WORKER
+    spec = _Spec(checkpoint or None, sha or None, preset, cfg.model_seed, cfg.device, cfg.threads,
+                 cfg.video_size)
+    jobs = [(spec, cfg, s, i < cfg.video_episodes, str(out)) for i, s in enumerate(seeds)]
+    if cfg.workers <= 1:
+        threads = torch.get_num_threads()
+        try:
+            results = map_episodes(_work, jobs, 1, desc="episodes", progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+            if _WORKER is not None:
+                _WORKER.sim.close()
+            _WORKER = None
+    else:
+        results = map_episodes(_work, jobs, cfg.workers, desc="episodes", progress=progress)
+    return results, jobs
+
+
+def rollouts(checkpoint: str, seeds: list[int], cfg: EvalConfig,
+             progress: bool = True) -> list[EpisodeResult]:
+    """Run a checkpoint on the given seeds in the evaluation's workers and return the episodes
+    (with ``cfg.record_decisions``, the data online RL learns from); no report is written."""
+    sha, _ = verify_checkpoint(str(checkpoint))
+    check_model_config(read_meta(str(checkpoint)).config)
+    return _rollouts(str(checkpoint), sha, "", list(seeds), cfg, Path(cfg.out_dir), progress)[0]
 
 
 # ----------------------------------------------------------------------------- CLI

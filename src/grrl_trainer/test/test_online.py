@@ -1,0 +1,54 @@
+"""In-process online steering RL: warm-up rollouts go to the off-policy buffer, online rounds to
+the on-policy one, every round writes a newer checkpoint whose episodes carry its version, and a
+re-run of a finished (or interrupted) run adds nothing twice."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from grrl_critic.steering import SteeringConfig
+from grrl_policy.checkpoint import read_meta, save_checkpoint
+from grrl_policy.model import GRRLModel, configure
+from grrl_trainer.online import OnlineConfig, run_online
+from grrl_trainer.replay import ReplayBuffers
+
+SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
+                  "text_encoder": "hashed"},
+         "expert": {"width": 32, "heads": 2, "mlp_ratio": 2.0}, "horizon": 8}
+
+
+@pytest.fixture
+def policy(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "bc", version=1)
+    return tmp_path / "bc"
+
+
+def test_warm_up_rounds_versions_and_rerun(policy, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = OnlineConfig(episodes=4, episodes_per_round=2, updates_per_round=2, warmup_episodes=2,
+                           warmup_updates=2, batch_size=8, workers=1, time_limit=2.0,
+                           steering=SteeringConfig())
+        run = tmp_path / "online"
+        res = run_online(policy, run, cfg, progress=False)
+        assert res["episodes"] == 4 and res["version"] == 1 + 1 + 2    # warm-up + two rounds
+        assert read_meta(res["final_checkpoint"]).version == 4
+        with ReplayBuffers(run / "replay") as b:
+            stats = b.stats()
+            ids = b.ids()
+        assert sum(i.startswith("warm-v1-") for i in ids) == 2
+        assert {i for i in ids if i.startswith("online-")} == {
+            "online-v2-s20000", "online-v2-s20001", "online-v3-s20002", "online-v3-s20003"}
+        assert stats is not None
+        rows = list(csv.DictReader(open(run / "online.csv")))
+        assert [int(r["version"]) for r in rows] == [2, 2, 3, 3] and (run / "online.png").exists()
+        again = run_online(policy, run, cfg, progress=False)            # finished: nothing new
+        assert again["episodes"] == 4 and len(again["log"]) == 4
+        with pytest.raises(ValueError, match="another configuration"):
+            run_online(policy, run, OnlineConfig(episodes=6, workers=1), progress=False)
+    finally:
+        torch.set_num_threads(threads)
