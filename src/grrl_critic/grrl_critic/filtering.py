@@ -112,6 +112,7 @@ def summarize(result: FilterResult, keyframes: dict[int, list[int]], stages: dic
         "kept_fraction_successful_episodes": frac(ok), "kept_fraction_failed_episodes": frac(~ok),
         "kept_fraction_near_retry_keyframes": frac(near), "kept_fraction_elsewhere": frac(~near),
         "kept_fraction_by_stage": {int(s): frac(stage == s) for s in np.unique(stage)},
+        "removed_by_stage": {int(s): int((~keep & (stage == s)).sum()) for s in np.unique(stage)},
         "episodes_fully_kept": int(sum(keep[ep == e].all() for e in np.unique(ep))),
         "episodes": int(len(np.unique(ep))),
     }

@@ -78,7 +78,7 @@ def run_filter(critic: str | Path, data_dir: str | Path, out: str | Path, cfg: F
         keep=np.concatenate([keep[e] for e in eps]),
         progress=np.concatenate([rho[e] for e in eps]), config=cfg)
     metas = dataset.episodes
-    stages = {e: dataset.load(e, "stage") for e in eps} if _has(dataset, "stage") else {}
+    stages = {e: dataset.load(e, "task/stage") for e in eps} if _has(dataset, "task/stage") else {}
     summary = summarize(result, {e: [int(m) for m in metas[e]["retry_keyframes"]] for e in eps},
                         stages, {e: bool(metas[e]["success"]) for e in eps}, cfg.horizon)
     summary.update({"critic": str(critic), "kind": kind, "data": str(data_dir),
