@@ -34,6 +34,7 @@ setup(
             'grrl-run-episodes = grrl_trainer.run_episodes:main',
             'run_episodes = grrl_trainer.run_episodes:main',
             'episode_node = grrl_trainer.episode_node:main',
+            'trainer_node = grrl_trainer.trainer_node:main',
             'grrl-bench = grrl_trainer.bench:main',
             'grrl-data = grrl_trainer.data_cli:main',
             'grrl-train-bc = grrl_trainer.bc:main',

@@ -387,7 +387,8 @@ class DriverNode(LifecycleNode):
                         threaded=bool(st["threaded"]), success=bool(st["success"]),
                         failed=bool(st["failed"]) or bool(failure),
                         failure_reason=failure or st["failure_reason"],
-                        pulled_length=float(st["pulled_length"]))
+                        pulled_length=float(st["pulled_length"]),
+                        shoe_yaw=float(st.get("shoe_yaw", 0.0)))
         c, d = st["eyelet_center"], st["threading_direction"]
         msg.eyelet_center = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
         msg.threading_direction = Vector3(x=float(d[0]), y=float(d[1]), z=float(d[2]))

@@ -113,6 +113,7 @@ class MujocoDriver(RobotDriver):
                 "instruction": sim.instruction, "end_side": p.end_side,
                 "eyelet_side": p.eyelet_side, "eyelet_index": p.eyelet_index,
                 "eyelet_center": center, "threading_direction": direction,
+                "shoe_yaw": float(p.shoe_yaw),
                 "stage": st.stage, "threaded": st.threaded, "success": st.success,
                 "failed": st.jammed, "failure_reason": st.jam_reason,
                 "pulled_length": st.pulled_length, "lace": sim.lace_points()}

@@ -1,8 +1,11 @@
-"""The policy node: cameras + joint states + the episode's instruction in, action chunks and
-optimized joint trajectories out.
+"""The policy node: cameras (or the simulator state) + joint states + the episode's instruction
+in, action chunks and optimized joint trajectories out.
 
-Inputs: ``bytemini/camera/<cam>/image_raw`` (3 cameras), ``bytemini/joint_states``, the episode
-events on ``grrl/episode`` (instruction and episode id; the policy acts only during an
+Inputs: ``bytemini/camera/<cam>/image_raw`` (3 cameras; image models) or
+``bytemini/sim/task_state`` (state-observation models, ``tiny-state``: the lace, the target
+eyelet, the threading direction and the shoe's yaw, made into the state vector of
+:mod:`bytemini_driver.sim_state`; no camera is needed then), ``bytemini/joint_states``, the
+episode events on ``grrl/episode`` (instruction and episode id; the policy acts only during an
 episode), and checkpoint announcements on ``grrl/checkpoint``.
 Outputs: ``grrl/action_chunk`` (raw chunk, the noise it came from, the policy version) and
 ``bytemini/command/joint_trajectory`` (the jerk-limited plan with positions, velocities and
@@ -11,10 +14,13 @@ accelerations), plus ``grrl/checkpoint_status`` (LOADED / REFUSED with the reaso
 Control flow: every joint state (the control clock) checks whether a re-plan is due
 (receding horizon: after ``execute_steps`` chunk steps); if so, a snapshot of the inputs goes
 to an inference thread, so the executor never waits on the model. The snapshot must be
-complete, fresh (``max_staleness`` wall seconds) and synchronised (camera stamps within
-``sync_slop`` of the joint state); otherwise, and on any model or optimizer failure, the node
+complete, fresh (``max_staleness`` wall seconds) and synchronised (camera or task-state stamps
+within ``sync_slop`` of the joint state; the task state must be of the episode's scene); otherwise, and on any model or optimizer failure, the node
 logs the reason and commands a stop (the robot holds). Checkpoints are loaded on their own
 thread, verified (sha256, config, shapes) and swapped atomically; a refused one is reported.
+
+With ``steer`` the initial noise is the noise predictor's ε (online RL), plus Gaussian
+exploration of std ``steer_noise_std`` around it; the chunk message carries the noise used.
 """
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from bytemini_driver import description as desc
 from bytemini_driver.image_codec import ImageError, decode_raw
 from bytemini_driver.node_main import NUMBER, run_node
-from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent
+from bytemini_driver.sim_state import state_vector
+from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 
 from .checkpoint import CheckpointError
 from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, joint_limits
@@ -74,6 +81,8 @@ class Snapshot:
     instruction: str
     episode_id: str
     errors: list[str] = field(default_factory=list)
+    task: TaskState | None = None
+    """the simulator state the observation is built from (state models)"""
 
 
 class PolicyNode(Node):
@@ -86,6 +95,7 @@ class PolicyNode(Node):
         p("device", "cpu")
         p("threads", 1)                      # torch CPU threads
         p("steer", False)                    # initial noise from the noise predictor (online RL)
+        p("steer_noise_std", 0.0, NUMBER)    # with steer: exploration noise around the steered ε
         p("flow_steps", 0)                   # 0: the model's own setting
         p("step_period", 0.1, NUMBER)        # s between chunk steps (the demonstrations' rate)
         p("execute_steps", 8)                # m: receding horizon
@@ -100,6 +110,10 @@ class PolicyNode(Node):
         torch.set_num_threads(int(g("threads")))
         torch.manual_seed(int(g("seed")))
         self.steer, self.flow_steps = bool(g("steer")), int(g("flow_steps")) or None
+        self.explore_std = float(g("steer_noise_std"))
+        if self.explore_std < 0:
+            raise ValueError(f"steer_noise_std must be >= 0, got {self.explore_std}")
+        self.rng = np.random.default_rng(int(g("seed")))
         self.dt, self.m = float(g("step_period")), int(g("execute_steps"))
         self.max_staleness, self.sync_slop = float(g("max_staleness")), float(g("sync_slop"))
         ckpt = str(g("checkpoint"))
@@ -117,7 +131,9 @@ class PolicyNode(Node):
                                            ensemble_decay=float(g("ensemble_decay")))
         self.chunks = ChunkExecutor(self.limits, self.executor_cfg)
         self.lock = threading.Lock()
-        self.images = {c: Latest() for c in CAMERAS}
+        self.state_obs = cfg.backbone == "tiny" and cfg.tiny.observation == "state"
+        self.images = {} if self.state_obs else {c: Latest() for c in CAMERAS}
+        self.task = Latest()
         self.joints = Latest()
         self.episode: EpisodeEvent | None = None
         self.next_plan = float("-inf")        # sim time the next re-plan is due
@@ -130,15 +146,20 @@ class PolicyNode(Node):
         self.pub_cmd = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory", COMMAND_QOS)
         self.pub_chunk = self.create_publisher(ActionChunk, "grrl/action_chunk", 10)
         self.pub_status = self.create_publisher(CheckpointInfo, "grrl/checkpoint_status", LATCHED)
-        for cam in CAMERAS:
-            self.create_subscription(Image, f"bytemini/camera/{cam}/image_raw",
-                                     lambda msg, c=cam: self.on_image(c, msg), qos_profile_sensor_data)
+        if self.state_obs:
+            self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10)
+        else:
+            for cam in CAMERAS:
+                self.create_subscription(Image, f"bytemini/camera/{cam}/image_raw",
+                                         lambda msg, c=cam: self.on_image(c, msg), qos_profile_sensor_data)
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
         self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, LATCHED)
         self.create_subscription(CheckpointInfo, "grrl/checkpoint", self.on_checkpoint, LATCHED)
         self.get_logger().info(
             f"policy {cfg.name} version {self.policy.version} ready "
-            f"({'checkpoint ' + ckpt if ckpt else 'freshly initialised'}; steer={self.steer}, "
+            f"({'checkpoint ' + ckpt if ckpt else 'freshly initialised'}; "
+            f"observes {'the simulator state' if self.state_obs else 'the cameras'}; "
+            f"steer={self.steer}{f' (exploration std {self.explore_std})' if self.steer else ''}, "
             f"k={cfg.horizon}, m={self.m}, dt={self.dt})")
 
     # ---------------------------------------------------------------- inputs
@@ -150,6 +171,11 @@ class PolicyNode(Node):
             entry.error = f"camera {cam}: {e}"
         with self.lock:
             self.images[cam] = entry
+
+    def on_task(self, msg: TaskState) -> None:
+        entry = Latest(value=msg, arrived=time.monotonic(), stamp=stamp_s(msg.header.stamp))
+        with self.lock:
+            self.task = entry
 
     def on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_STARTED:
@@ -200,8 +226,23 @@ class PolicyNode(Node):
                               f"({e.stamp - j.stamp:+.3f} s)")
             else:
                 images[cam] = e.value
+        task = None
+        if self.state_obs:
+            t = self.task
+            if t.value is None:
+                errors.append("no task state from the simulator yet")
+            elif now - t.arrived > self.max_staleness:
+                errors.append(f"the task state is stale ({now - t.arrived:.2f} s old)")
+            elif abs(t.stamp - j.stamp) > self.sync_slop + self.dt:
+                errors.append(f"the task state is out of sync with the joint state "
+                              f"({t.stamp - j.stamp:+.3f} s)")
+            elif t.value.seed != self.episode.seed:
+                errors.append(f"the task state is of another scene (seed {t.value.seed}, the "
+                              f"episode's {self.episode.seed})")
+            else:
+                task = t.value
         return Snapshot(images, j.value, j.stamp, self.episode.instruction, self.episode.episode_id,
-                        errors)
+                        errors, task)
 
     # ---------------------------------------------------------------- inference thread
     def _run(self, snap: Snapshot) -> None:
@@ -210,8 +251,24 @@ class PolicyNode(Node):
         try:
             if snap.errors:
                 raise ObservationError("; ".join(snap.errors))
-            obs, proprio = build_observation(self.policy.config, snap.instruction, snap.q, snap.images)
-            chunk = self.policy.infer(obs, proprio, steer=self.steer, steps=self.flow_steps)
+            state = None
+            if snap.task is not None:
+                t = snap.task
+                if len(t.lace) < 2:
+                    raise ObservationError(f"the task state has {len(t.lace)} lace points")
+                state = state_vector(
+                    np.array([[p.x, p.y, p.z] for p in t.lace], float).reshape(-1, 3),
+                    np.array([t.eyelet_center.x, t.eyelet_center.y, t.eyelet_center.z]),
+                    np.array([t.threading_direction.x, t.threading_direction.y,
+                              t.threading_direction.z]), float(t.shoe_yaw))
+            obs, proprio = build_observation(self.policy.config, snap.instruction, snap.q,
+                                             snap.images, state=state)
+            cfg = self.policy.config
+            explore = self.explore_std * self.rng.standard_normal(
+                (cfg.horizon, cfg.action_dim)).astype(np.float32) \
+                if self.steer and self.explore_std > 0 else None
+            chunk = self.policy.infer(obs, proprio, steer=self.steer, steps=self.flow_steps,
+                                      explore=explore)
             with self.lock:
                 if self.episode is None or self.episode.episode_id != snap.episode_id:
                     return                                   # the episode ended meanwhile

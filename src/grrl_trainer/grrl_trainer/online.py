@@ -1,6 +1,7 @@
 """``grrl-online``: online steering RL of an offline-trained policy in the simulator, in-process
-(paper section 3.3) — the fast path of the trainer; the ROS trainer node runs the same learner
-on episodes from the graph.
+(paper section 3.3) — the fast path of the trainer; the ROS trainer node
+(:mod:`grrl_trainer.trainer_node`) runs the same learner on episodes from the graph through
+:class:`OnlineTrainer`, which shares this module's pieces.
 
     grrl-online --policy runs/offline/bc_filtered_mirror/policy --out runs/online [--episodes 150]
 
@@ -24,7 +25,10 @@ import csv
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,7 @@ import torch
 from grrl_critic.steering import SteeringConfig, SteeringLearner
 from grrl_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from grrl_trainer.evaluate import EvalConfig, online_episode, rollouts
-from grrl_trainer.replay import QuarantineError, ReplayBuffers
+from grrl_trainer.replay import DUPLICATE, OFF, ON, QuarantineError, ReplayBuffers
 from grrl_trainer.run_utils import _atomic_torch_save
 
 LOG = logging.getLogger("grrl-online")
@@ -79,6 +83,44 @@ def _episodes(policy: str, seeds: list[int], cfg: OnlineConfig, steer: bool, out
     return rollouts(policy, seeds, ecfg, progress=progress)
 
 
+def observation_key(model_cfg) -> str:
+    """The observation an OnlineEpisode of this model holds besides proprio: "state" or "images"."""
+    return "state" if model_cfg.backbone == "tiny" and model_cfg.tiny.observation == "state" \
+        else "images"
+
+
+def checkpoint_path(run_dir: Path, version: int) -> Path:
+    """run_dir/checkpoints/vNNNN (NAME of NAME.safetensors + NAME.json)."""
+    return Path(run_dir) / "checkpoints" / f"v{version:04d}"
+
+
+def write_checkpoint(learner: SteeringLearner, run_dir: Path, version: int,
+                     extra: dict[str, Any]) -> tuple[Path, Any]:
+    """The learner's policy as checkpoint ``version``: (path, CheckpointMeta)."""
+    path = checkpoint_path(run_dir, version)
+    meta = save_checkpoint(learner.policy_model(), path, version, {"role": "policy", **extra})
+    return path, meta
+
+
+def update_round(learner: SteeringLearner, buffers: ReplayBuffers, updates: int, batch_size: int,
+                 warm_up: bool = False, stop: Any = None) -> dict[str, float]:
+    """``updates`` learner steps (critic-only ones with ``warm_up``) on 1:1 batches; the mean of
+    every metric. ``stop``: a threading.Event checked between steps (InterruptedError if set)."""
+    metrics: dict[str, list[float]] = {}
+    step = learner.warm_up_critic if warm_up else learner.update
+    for _ in range(updates):
+        if stop is not None and stop.is_set():
+            raise InterruptedError("stopped during an update round")
+        for k, v in step(buffers.sample(batch_size)).items():
+            metrics.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in metrics.items()}
+
+
+def moving_average(log: list[dict], window: int) -> float:
+    succ = [e["success"] for e in log]
+    return float(np.mean(succ[-window:])) if succ else 0.0
+
+
 def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
                progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
@@ -86,7 +128,7 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
     torch.manual_seed(cfg.seed)
     model, meta = load_checkpoint(policy)
     base_version = meta.version
-    obs_key = "state" if model.cfg.backbone == "tiny" and model.cfg.tiny.observation == "state" else "images"
+    obs_key = observation_key(model.cfg)
     learner = SteeringLearner(model, dataclasses.replace(cfg.steering, gamma=cfg.gamma))
     buffers = ReplayBuffers(run_dir / "replay")
     state_path = run_dir / STATE_FILE
@@ -127,13 +169,11 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
         res = _episodes(str(policy), seeds, cfg, False, run_dir, progress)
         add(res, base_version, warm=True)
         st["warmup_success"] = float(np.mean([r.success for r in res])) if res else 0.0
-        for _ in range(cfg.warmup_updates):
-            learner.warm_up_critic(buffers.sample(cfg.batch_size))
+        update_round(learner, buffers, cfg.warmup_updates, cfg.batch_size, warm_up=True)
         st["warmup_done"] = True
         # the first online round runs the warmed-up heads (the predictor is still untrained)
         st["version"] += 1
-        path = run_dir / "checkpoints" / f"v{st['version']:04d}"
-        save_checkpoint(learner.policy_model(), path, st["version"], {"role": "policy", "base": str(policy),
+        path, _ = write_checkpoint(learner, run_dir, st["version"], {"base": str(policy),
                                                                       "online_episodes": 0})
         st["checkpoint"] = str(path)
         save_state()
@@ -149,22 +189,16 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
         for r in res:
             st["log"].append({"episode": len(st["log"]) + 1, "version": st["version"], "seed": r.seed,
                               "success": bool(r.success), "reason": r.reason})
-        metrics: dict[str, list[float]] = {}
-        for _ in range(cfg.updates_per_round):
-            for k, v in learner.update(buffers.sample(cfg.batch_size)).items():
-                metrics.setdefault(k, []).append(float(v))
+        metrics = update_round(learner, buffers, cfg.updates_per_round, cfg.batch_size)
         st["version"] += 1
-        path = run_dir / "checkpoints" / f"v{st['version']:04d}"
-        save_checkpoint(learner.policy_model(), path, st["version"],
-                        {"role": "policy", "online_episodes": st["episodes_done"] + n,
-                         "base": str(policy)})
+        path, _ = write_checkpoint(learner, run_dir, st["version"],
+                                   {"online_episodes": st["episodes_done"] + n, "base": str(policy)})
         st["checkpoint"] = str(path)
         st["episodes_done"] += n
         save_state()
-        succ = [e["success"] for e in st["log"]]
-        avg = float(np.mean(succ[-cfg.window:]))
+        avg = moving_average(st["log"], cfg.window)
         for k, v in metrics.items():
-            writer.add_scalar(f"online/{k}", float(np.mean(v)), st["episodes_done"])
+            writer.add_scalar(f"online/{k}", v, st["episodes_done"])
         writer.add_scalar("online/success_moving_avg", avg, st["episodes_done"])
         LOG.info("version %d: %d online episodes, success %d/%d this round, moving avg (%d) %.1f%%",
                  st["version"], st["episodes_done"], sum(r.success for r in res), len(res), cfg.window, 100 * avg)
@@ -176,15 +210,33 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
             "warmup_success": st.get("warmup_success")}
 
 
-def write_curve(log: list[dict], run_dir: Path, window: int) -> Path:
-    """online.csv (episode, version, seed, success, moving average) and online.png (Fig. 5 right)."""
+def _averages(log: list[dict], window: int) -> tuple[np.ndarray, np.ndarray]:
     succ = np.array([e["success"] for e in log], float)
     avg = np.array([succ[max(0, i + 1 - window):i + 1].mean() for i in range(len(succ))])
-    with open(run_dir / "online.csv", "w", newline="") as f:
+    return succ, avg
+
+
+def write_csv(log: list[dict], run_dir: Path, window: int) -> Path:
+    """online.csv: episode, version, seed, success, moving average, reason (and the episode id
+    and robot when the log entries have them), written atomically."""
+    _, avg = _averages(log, window)
+    extra = [k for k in ("episode_id", "robot") if log and all(k in e for e in log)]
+    out = Path(run_dir) / "online.csv"
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["episode", "version", "seed", "success", f"moving_avg_{window}", "reason"])
+        w.writerow(["episode", "version", "seed", "success", f"moving_avg_{window}", "reason", *extra])
         for e, a in zip(log, avg):
-            w.writerow([e["episode"], e["version"], e["seed"], int(e["success"]), f"{a:.4f}", e["reason"]])
+            w.writerow([e["episode"], e["version"], e["seed"], int(e["success"]), f"{a:.4f}",
+                        e["reason"], *(e[k] for k in extra)])
+    os.replace(tmp, out)
+    return out
+
+
+def write_curve(log: list[dict], run_dir: Path, window: int) -> Path:
+    """online.csv (episode, version, seed, success, moving average) and online.png (Fig. 5 right)."""
+    write_csv(log, run_dir, window)
+    succ, avg = _averages(log, window)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,6 +252,229 @@ def write_curve(log: list[dict], run_dir: Path, window: int) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+@dataclass
+class StreamConfig:
+    """Schedule of the online stage when episodes arrive from outside (the ROS trainer node)."""
+
+    episodes_per_round: int = 12
+    """N: new on-policy episodes between update rounds"""
+    updates_per_round: int = 50
+    """M: learner updates per round"""
+    batch_size: int = 128
+    warmup_episodes: int = 0
+    """episodes of the offline checkpoint's version that warm up the off-policy buffer first
+    (0: no warm-up; every episode is on-policy data of its version)"""
+    warmup_updates: int = 300
+    """critic-only updates once the warm-up episodes are in"""
+    gamma: float = 0.99
+    window: int = 24
+    """moving-average window of the success curve (Fig. 5)"""
+    seed: int = 0
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_round < 1 or self.updates_per_round < 0 or self.batch_size < 1:
+            raise ValueError("episodes_per_round >= 1, updates_per_round >= 0 and batch_size >= 1")
+        if self.warmup_episodes < 0 or self.warmup_updates < 0 or self.window < 1:
+            raise ValueError("warmup_episodes, warmup_updates >= 0 and window >= 1")
+
+
+class OnlineTrainer:
+    """The online stage fed episode by episode (ROS-free; the trainer node's core).
+
+    ``add(ep)`` stores an :class:`~grrl_trainer.replay.OnlineEpisode` (warm-up episodes, those
+    of the offline checkpoint's version while ``warmup_episodes`` > 0, into the off-policy
+    buffer; the others through the version hand-over) and logs its success; ``due()`` says
+    whether the warm-up or an update round is due (``episodes_per_round`` new on-policy
+    episodes since the last round), ``run_due()`` runs it and writes checkpoint version v + 1
+    (``run_dir/checkpoints/vNNNN``). Learner and progress are saved atomically after every
+    change (``online_state.pt``, read with ``torch.load(weights_only=True)``); the buffers
+    persist themselves. A restart resumes: episodes already stored are duplicates (not counted
+    twice), and stored episodes the saved progress does not know (a kill between the two
+    writes) are taken into the log as if they had just arrived.
+    """
+
+    STATE = "online_state.pt"
+
+    def __init__(self, policy: str | Path, run_dir: str | Path, cfg: StreamConfig,
+                 device: str = "cpu"):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        model, meta = load_checkpoint(policy)
+        self.policy = str(Path(policy).resolve())
+        self.base_version = meta.version
+        self.model_cfg = model.cfg
+        self.obs_key = observation_key(model.cfg)
+        self.learner = SteeringLearner(model, dataclasses.replace(cfg.steering, gamma=cfg.gamma),
+                                       device)
+        self.stop = threading.Event()
+        self.buffers = ReplayBuffers(self.run_dir / "replay", seed=cfg.seed)
+        self.state_path = self.run_dir / self.STATE
+        self.st: dict[str, Any] = {
+            "policy": self.policy, "base_version": self.base_version,
+            "version": self.base_version, "checkpoint": self.policy, "sha256": meta.sha256,
+            "warmup_done": cfg.warmup_episodes == 0, "warmup": [], "log": [], "pending": [],
+            "rounds": 0, "rejected": {}}
+        self.resumed = False
+        if self.state_path.exists():
+            saved = torch.load(self.state_path, weights_only=True)
+            st = json.loads(saved["progress"])
+            if st.get("policy") != self.policy:
+                raise ValueError(f"{self.run_dir} holds an online run of {st.get('policy')}, not "
+                                 f"{self.policy}")
+            if saved.get("config") != self._config_json():
+                LOG.warning("%s was started with another configuration: %s (now %s)",
+                            self.run_dir, saved.get("config"), self._config_json())
+            self.learner.load_state_dict(saved["learner"])
+            self.st = st
+            self.resumed = True
+        self._reconcile()
+        self._writer = None
+
+    # -- state -------------------------------------------------------------------------------
+    def _config_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)
+
+    def save(self) -> None:
+        _atomic_torch_save({"config": self._config_json(), "learner": self.learner.state_dict(),
+                            "progress": json.dumps(self.st)}, self.state_path)
+
+    def _known(self) -> set[str]:
+        return {e["episode_id"] for e in self.st["warmup"] + self.st["log"]}
+
+    def _reconcile(self) -> None:
+        """Stored episodes the progress does not know: logged as if they had just arrived."""
+        known = self._known()
+        missing = [i for i in self.buffers.ids() if i not in known]
+        for episode_id in missing:
+            ep = self.buffers.episode(episode_id)
+            warm = self._is_warm_up(ep) and self.buffers.buffer_of(episode_id) == OFF
+            self._log(ep, {"seed": -1, "reason": "recovered from the replay buffer"}, warm,
+                      self.buffers.buffer_of(episode_id))
+            LOG.warning("episode %s was stored but not logged (killed in between): logged now",
+                        episode_id)
+        if missing:
+            self.save()
+
+    # -- episodes ------------------------------------------------------------------------------
+    def _is_warm_up(self, ep) -> bool:
+        return self.cfg.warmup_episodes > 0 and int(ep.policy_version) <= self.base_version
+
+    def seen(self, episode_id: str) -> str | None:
+        """"stored" / "rejected: <reason>" for an episode this run already has, else None."""
+        if episode_id in self.buffers or episode_id in self._known():
+            return "stored"
+        reason = self.st["rejected"].get(episode_id)
+        return None if reason is None else f"rejected: {reason}"
+
+    def reject(self, episode_id: str, reason: str, quarantine: bool = False) -> None:
+        """Remember an episode that could not be used (its record), so it is not read again;
+        with ``quarantine`` the reason also goes to the buffers' quarantine directory."""
+        self.st["rejected"][episode_id] = reason
+        if quarantine:
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", episode_id)[:100] or "unknown"
+            (self.buffers.quarantine_dir / f"{name}.{time.time_ns()}.reason.txt").write_text(
+                f"{episode_id!r}: {reason}\n")
+        self.save()
+
+    def add(self, ep, info: dict[str, Any] | None = None) -> str:
+        """Store an episode: "warm-up", "on", "off" or "duplicate"; raises QuarantineError (the
+        episode is quarantined by the buffers, never trained on)."""
+        warm = self._is_warm_up(ep)
+        try:
+            where = self.buffers.warm_up(ep) if warm else self.buffers.add(ep)
+        except QuarantineError as exc:
+            self.st["rejected"][ep.episode_id] = f"quarantined: {exc}"
+            self.save()
+            raise
+        if where == DUPLICATE:
+            return where
+        entry = self._log(ep, info or {}, warm, where)
+        self.save()
+        if not warm:
+            w = self.writer()
+            w.add_scalar("online/success", float(entry["success"]), entry["episode"])
+            w.add_scalar("online/success_moving_avg", self.success_rate(), entry["episode"])
+            write_csv(self.st["log"], self.run_dir, self.cfg.window)
+        return "warm-up" if warm else where
+
+    def _log(self, ep, info: dict[str, Any], warm: bool, where: str) -> dict[str, Any]:
+        book = self.st["warmup"] if warm else self.st["log"]
+        entry = {"episode": len(book) + 1, "episode_id": ep.episode_id, "robot": ep.robot,
+                 "version": int(ep.policy_version), "seed": int(info.get("seed", -1)),
+                 "success": bool(ep.success), "reason": str(info.get("reason", "")),
+                 "decisions": len(ep), "time": time.time()}
+        book.append(entry)
+        if not warm and where == ON:
+            self.st["pending"].append(ep.episode_id)
+        return entry
+
+    def success_rate(self) -> float:
+        """Moving average of the online episodes' success over ``window``."""
+        return moving_average(self.st["log"], self.cfg.window)
+
+    # -- rounds ----------------------------------------------------------------------------------
+    def due(self) -> str | None:
+        """"warm-up" or "round" when one is due, else None."""
+        if not self.st["warmup_done"]:
+            return "warm-up" if len(self.st["warmup"]) >= self.cfg.warmup_episodes else None
+        return "round" if len(self.st["pending"]) >= self.cfg.episodes_per_round else None
+
+    def run_due(self) -> dict[str, Any] | None:
+        """Run what is due; returns {"kind", "version", "path", "sha256", "metrics",
+        "episodes", "wall_s"} of the new checkpoint, or None."""
+        kind = self.due()
+        if kind is None:
+            return None
+        t0 = time.time()
+        if kind == "warm-up":
+            metrics = update_round(self.learner, self.buffers, self.cfg.warmup_updates,
+                                   self.cfg.batch_size, warm_up=True, stop=self.stop)
+            used: list[str] = []
+        else:
+            metrics = update_round(self.learner, self.buffers, self.cfg.updates_per_round,
+                                   self.cfg.batch_size, stop=self.stop)
+            used = list(self.st["pending"])
+        version = self.st["version"] + 1
+        path, meta = write_checkpoint(self.learner, self.run_dir, version, {
+            "base": self.policy, "online_episodes": len(self.st["log"]), "round": kind})
+        self.st.update(version=version, checkpoint=str(path), sha256=meta.sha256)
+        if kind == "warm-up":
+            self.st["warmup_done"] = True
+        else:
+            self.st["pending"] = [i for i in self.st["pending"] if i not in set(used)]
+            self.st["rounds"] += 1
+        self.save()
+        w = self.writer()
+        for k, v in metrics.items():
+            w.add_scalar(f"online/{k}", v, len(self.st["log"]))
+        w.flush()
+        if self.st["log"]:
+            write_curve(self.st["log"], self.run_dir, self.cfg.window)
+        return {"kind": kind, "version": version, "path": str(path), "sha256": meta.sha256,
+                "metrics": metrics, "episodes": len(used), "wall_s": time.time() - t0}
+
+    @property
+    def version(self) -> int:
+        return int(self.st["version"])
+
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.st["log"]:
+            write_curve(self.st["log"], self.run_dir, self.cfg.window)
+        self.buffers.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""The trainer node's ROS-free core (grrl_trainer.online.OnlineTrainer): episodes arrive one by
+one; the warm-up, then a round every N on-policy episodes, each writing version v + 1; bad
+episodes are quarantined; a restart resumes without counting an episode twice."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from bytemini_driver.sim_state import STATE_DIM
+from grrl_policy.checkpoint import read_meta, save_checkpoint
+from grrl_policy.model import GRRLModel, configure
+from grrl_trainer.online import OnlineTrainer, StreamConfig
+from grrl_trainer.replay import OnlineEpisode, QuarantineError
+
+SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
+                  "text_encoder": "hashed"},
+         "expert": {"width": 32, "heads": 2, "mlp_ratio": 2.0}, "horizon": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def policy(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "bc", version=1)
+    return tmp_path / "bc"
+
+
+def episode(i: int, version: int, success: bool = False, n: int = 3) -> OnlineEpisode:
+    rng = np.random.default_rng(i)
+    reward = np.zeros(n, np.float32)
+    reward[-1] = 0.99 if success else 0.0
+    return OnlineEpisode(
+        episode_id=f"ep-{i:06d}-test", robot="robot1", policy_version=version,
+        instruction="thread the left lace end", success=success,
+        observations={"proprio": rng.normal(size=(n + 1, 16)).astype(np.float32),
+                      "state": rng.normal(size=(n + 1, STATE_DIM)).astype(np.float32)},
+        actions=rng.normal(size=(n, 8, 16)).astype(np.float32),
+        noise=rng.normal(size=(n, 8, 16)).astype(np.float32), steered=np.ones(n, bool),
+        reward=reward, done=np.arange(n) == n - 1, offset=np.full(n, 8))
+
+
+def test_warm_up_rounds_quarantine_and_restart(policy, tmp_path):
+    cfg = StreamConfig(episodes_per_round=2, updates_per_round=2, batch_size=8,
+                       warmup_episodes=1, warmup_updates=2)
+    run = tmp_path / "run"
+    core = OnlineTrainer(policy, run, cfg)
+    assert core.version == 1 and core.due() is None
+    assert core.add(episode(0, 1), {"seed": 30000}) == "warm-up"
+    assert core.due() == "warm-up"
+    res = core.run_due()
+    assert res["kind"] == "warm-up" and res["version"] == 2 and core.due() is None
+    assert read_meta(res["path"]).version == 2
+    assert core.add(episode(1, 2, success=True), {"seed": 20000, "reason": "task complete"}) == "on"
+    assert core.add(episode(1, 2)) == "duplicate"                   # not counted twice
+    bad = episode(2, 2)
+    bad.reward[1] = np.nan
+    with pytest.raises(QuarantineError, match="reward"):
+        core.add(bad)
+    assert core.seen(bad.episode_id).startswith("rejected: quarantined")
+    assert core.due() is None                                        # 1 of 2 on-policy episodes
+    core.reject("ep-000003-test", "no joint state at the stamp of decision 2", quarantine=True)
+    assert core.add(episode(4, 2), {"seed": 20001}) == "on"
+    assert core.due() == "round"
+    res = core.run_due()
+    assert (res["kind"], res["version"], res["episodes"]) == ("round", 3, 2)
+    assert set(res["metrics"]) >= {"critic_loss", "noise_actor_loss", "noise_critic_loss"}
+    rows = list(csv.DictReader(open(run / "online.csv")))
+    assert [(r["episode_id"], r["success"], r["version"]) for r in rows] == [
+        ("ep-000001-test", "1", "2"), ("ep-000004-test", "0", "2")]
+    assert (run / "online.png").exists() and list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run / "replay" / "quarantine").glob("*.reason.txt"))) == 2
+    # an episode stored but not logged (killed between the buffer's write and the state's)
+    core.buffers.add(episode(5, 3))
+    core.close()
+
+    again = OnlineTrainer(policy, run, cfg)
+    assert again.resumed and again.version == 3 and again.st["rounds"] == 1
+    assert [e["episode_id"] for e in again.st["log"]][-1] == "ep-000005-test"
+    assert again.st["pending"] == ["ep-000005-test"]
+    assert again.add(episode(4, 2)) == "duplicate" and again.seen("ep-000003-test")
+    assert again.learner.updates == 4                                 # the learner resumed too
+    assert again.add(episode(6, 3)) == "on" and again.run_due()["version"] == 4
+    again.close()
+    with pytest.raises(ValueError, match="online run of"):
+        save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "other", version=1)
+        OnlineTrainer(tmp_path / "other", run, cfg)
