@@ -15,8 +15,9 @@ Control flow: every joint state (the control clock) checks whether a re-plan is 
 (receding horizon: after ``execute_steps`` chunk steps); if so, a snapshot of the inputs goes
 to an inference thread, so the executor never waits on the model. The snapshot must be
 complete, fresh (``max_staleness`` wall seconds) and synchronised (camera or task-state stamps
-within ``sync_slop`` of the joint state; the task state must be of the episode's scene); otherwise, and on any model or optimizer failure, the node
-logs the reason and commands a stop (the robot holds). Checkpoints are loaded on their own
+within ``sync_slop`` of the joint state; the task state must be of the episode's scene);
+otherwise, and on any model or optimizer failure, the node logs the reason and commands a stop
+(the robot holds). Checkpoints are loaded on their own
 thread, verified (sha256, config, shapes) and swapped atomically; a refused one is reported.
 
 With ``steer`` the initial noise is the noise predictor's ε (online RL), plus Gaussian
@@ -141,6 +142,7 @@ class PolicyNode(Node):
         self.holding = False
         self.last_reason = ""
         self.closing = False
+        self.hold_target: np.ndarray | None = None   # the last stop commanded (see _run)
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self.pub_cmd = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory", COMMAND_QOS)
@@ -182,6 +184,7 @@ class PolicyNode(Node):
             with self.lock:
                 self.episode, self.next_plan, self.holding = msg, float("-inf"), False
                 self.chunks.reset()
+                self.hold_target = None
             self.get_logger().info(f"episode {msg.episode_id}: acting on '{msg.instruction}'")
         elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
                            EpisodeEvent.EVENT_INVALID):
@@ -273,10 +276,13 @@ class PolicyNode(Node):
                 if self.episode is None or self.episode.episode_id != snap.episode_id:
                     return                                   # the episode ended meanwhile
                 t_now = max(self.joints.stamp, snap.t_obs)
-                state = self.chunks.state_at(t_now, measured=snap.q)
+                # after a stop the driver tracks the stop target, not the measured joints (which
+                # lag it): splice there, or the driver refuses the first point as a jump
+                state = self.chunks.state_at(t_now, measured=snap.q if self.hold_target is None
+                                             else self.hold_target)
                 plan = self.chunks.plan(chunk.actions, snap.t_obs, state)
                 self.next_plan = plan.execute_until - 0.5 * self.dt
-                self.holding = False
+                self.holding, self.hold_target = False, None
             self._publish(snap, chunk, plan, t_now)
             if self.last_reason:
                 self.get_logger().info(f"acting again (was holding: {self.last_reason})")
@@ -333,6 +339,8 @@ class PolicyNode(Node):
         # stop within the acceleration limit, at the point the current velocity carries to
         t_stop = max(self.dt, 1.5 * float(np.max(np.abs(state.velocity) / self.limits.acceleration)))
         target = np.clip(state.position + 0.5 * t_stop * state.velocity, self.limits.lower, self.limits.upper)
+        with self.lock:
+            self.hold_target = target
         self.pub_cmd.publish(JointTrajectory(joint_names=self.names, points=[JointTrajectoryPoint(
             positions=target.tolist(), velocities=[0.0] * len(self.names),
             time_from_start=duration(t_stop))]))

@@ -289,14 +289,16 @@ class OnlineTrainer:
     buffer; the others through the version hand-over) and logs its success; ``due()`` says
     whether the warm-up or an update round is due (``episodes_per_round`` new on-policy
     episodes since the last round), ``run_due()`` runs it and writes checkpoint version v + 1
-    (``run_dir/checkpoints/vNNNN``). Learner and progress are saved atomically after every
-    change (``online_state.pt``, read with ``torch.load(weights_only=True)``); the buffers
-    persist themselves. A restart resumes: episodes already stored are duplicates (not counted
+    (``run_dir/checkpoints/vNNNN``). Learner and progress are saved atomically after the
+    warm-up and every round (``online_state.pt``, read with ``torch.load(weights_only=True)``),
+    the progress alone after every episode (``online_progress.json``); the buffers persist
+    themselves. A restart resumes: episodes already stored are duplicates (not counted
     twice), and stored episodes the saved progress does not know (a kill between the two
     writes) are taken into the log as if they had just arrived.
     """
 
     STATE = "online_state.pt"
+    PROGRESS = "online_progress.json"
 
     def __init__(self, policy: str | Path, run_dir: str | Path, cfg: StreamConfig,
                  device: str = "cpu"):
@@ -319,17 +321,30 @@ class OnlineTrainer:
             "version": self.base_version, "checkpoint": self.policy, "sha256": meta.sha256,
             "warmup_done": cfg.warmup_episodes == 0, "warmup": [], "log": [], "pending": [],
             "rounds": 0, "rejected": {}}
+        self.progress_path = self.run_dir / self.PROGRESS
         self.resumed = False
+        st = None
         if self.state_path.exists():
             saved = torch.load(self.state_path, weights_only=True)
             st = json.loads(saved["progress"])
-            if st.get("policy") != self.policy:
-                raise ValueError(f"{self.run_dir} holds an online run of {st.get('policy')}, not "
-                                 f"{self.policy}")
+            self._check_policy(st)
             if saved.get("config") != self._config_json():
                 LOG.warning("%s was started with another configuration: %s (now %s)",
                             self.run_dir, saved.get("config"), self._config_json())
             self.learner.load_state_dict(saved["learner"])
+        if self.progress_path.exists():
+            try:
+                newer = json.loads(self.progress_path.read_text())
+            except ValueError as exc:
+                LOG.warning("%s is unreadable (%s); using the progress saved with the learner",
+                            self.progress_path, exc)
+                newer = None
+            # the episodes since the learner was saved (same version: no round since)
+            key = lambda d: (d.get("version"), d.get("rounds"), d.get("warmup_done"))  # noqa: E731
+            if newer is not None and (st is None or key(newer) == key(st)):
+                self._check_policy(newer)
+                st = newer
+        if st is not None:
             self.st = st
             self.resumed = True
         self._reconcile()
@@ -339,9 +354,22 @@ class OnlineTrainer:
     def _config_json(self) -> str:
         return json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)
 
-    def save(self) -> None:
-        _atomic_torch_save({"config": self._config_json(), "learner": self.learner.state_dict(),
-                            "progress": json.dumps(self.st)}, self.state_path)
+    def _check_policy(self, st: dict[str, Any]) -> None:
+        if st.get("policy") != self.policy:
+            raise ValueError(f"{self.run_dir} holds an online run of {st.get('policy')}, not "
+                             f"{self.policy}")
+
+    def save(self, learner: bool = False) -> None:
+        """The progress (every episode: a small JSON), with ``learner`` also the learner and the
+        progress together (after the warm-up and every round)."""
+        progress = json.dumps(self.st)
+        if learner:
+            _atomic_torch_save({"config": self._config_json(),
+                                "learner": self.learner.state_dict(), "progress": progress},
+                               self.state_path)
+        tmp = self.progress_path.with_name(self.progress_path.name + ".tmp")
+        tmp.write_text(progress)
+        os.replace(tmp, self.progress_path)
 
     def _known(self) -> set[str]:
         return {e["episode_id"] for e in self.st["warmup"] + self.st["log"]}
@@ -448,7 +476,7 @@ class OnlineTrainer:
         else:
             self.st["pending"] = [i for i in self.st["pending"] if i not in set(used)]
             self.st["rounds"] += 1
-        self.save()
+        self.save(learner=True)
         w = self.writer()
         for k, v in metrics.items():
             w.add_scalar(f"online/{k}", v, len(self.st["log"]))

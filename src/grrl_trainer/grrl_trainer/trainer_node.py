@@ -36,7 +36,6 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from rclpy.executors import ExternalShutdownException
@@ -46,6 +45,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from bytemini_driver.node_main import NUMBER, run_node
 from grrl_critic.steering import SteeringConfig
 from grrl_interfaces.msg import CheckpointInfo, EpisodeEvent
+from grrl_policy.checkpoint import CheckpointError
 from grrl_trainer.online import OnlineTrainer, StreamConfig
 from grrl_trainer.online_record import NotTrainable, RecordError, read_record, wait_for_record
 from grrl_trainer.replay import QuarantineError
@@ -130,7 +130,7 @@ class TrainerNode(Node):
             f"{', '.join(repr(n) for n in self.namespaces)}")
         if c.version > c.base_version:          # resumed: robots that restarted need it again
             self.announce(c.st["checkpoint"], c.version, c.st["sha256"], "resumed")
-        elif self.core.due():                   # a round was due when the last run ended
+        if self.core.due():                     # a round was due when the last run ended
             self.submit(self._maybe_round)
 
     # ---------------------------------------------------------------- callbacks (executor)
@@ -211,13 +211,15 @@ class TrainerNode(Node):
                 f"{'SUCCESS' if ep.success else 'failure'} ({info.message}), {len(ep)} decisions "
                 f"-> {where} buffer; online episodes {n}, success moving avg "
                 f"({self.cfg.window}) {100 * self.core.success_rate():.1f}%, "
-                f"{len(self.core.st['pending'])}/{self.cfg.episodes_per_round} toward the next round")
+                f"{len(self.core.st['pending'])}/{self.cfg.episodes_per_round} toward the next "
+                f"round")
         self._maybe_round()
         self._maybe_finish()
 
     def _reject(self, eid: str, robot: str, reason: str, quarantine: bool) -> None:
         if quarantine:
-            self.get_logger().error(f"episode {eid} ({robot}) QUARANTINED, not trained on: {reason}")
+            self.get_logger().error(f"episode {eid} ({robot}) QUARANTINED, not trained on: "
+                                    f"{reason}")
         else:
             self.get_logger().warn(f"episode {eid} ({robot}) ignored: {reason}")
         self.core.reject(eid, reason, quarantine)
@@ -225,18 +227,18 @@ class TrainerNode(Node):
     def _maybe_round(self) -> None:
         while not self.closing and self.core.due():
             kind = self.core.due()
-            self.get_logger().info(
-                f"{kind}: {self.cfg.warmup_updates if kind == 'warm-up' else self.cfg.updates_per_round} "
-                f"updates on {self.core.buffers.stats()['transitions']} transitions")
+            updates = self.cfg.warmup_updates if kind == "warm-up" else self.cfg.updates_per_round
+            self.get_logger().info(f"{kind}: {updates} updates on "
+                                   f"{self.core.buffers.stats()['transitions']} transitions")
             res = self.core.run_due()
             if res is None:
                 break
-            m = res["metrics"]
+            m = {k: res["metrics"].get(k, float("nan"))
+                 for k in ("critic_loss", "q_mean", "eps_norm_mean")}
             self.get_logger().info(
                 f"{res['kind']} done in {res['wall_s']:.1f} s: version {res['version']} "
-                f"({res['episodes']} new episodes; critic loss {m.get('critic_loss', float('nan')):.4f}, "
-                f"q mean {m.get('q_mean', float('nan')):.3f}, eps norm "
-                f"{m.get('eps_norm_mean', float('nan')):.2f}) -> {res['path']}")
+                f"({res['episodes']} new episodes; critic loss {m['critic_loss']:.4f}, q mean "
+                f"{m['q_mean']:.3f}, eps norm {m['eps_norm_mean']:.2f}) -> {res['path']}")
             self.announce(res["path"], res["version"], res["sha256"], f"{res['kind']} done")
 
     def announce(self, path: str, version: int, sha256: str, why: str) -> None:
@@ -279,9 +281,18 @@ class TrainerNode(Node):
         super().destroy_node()
 
 
+def _make() -> TrainerNode:
+    try:
+        return TrainerNode()
+    except (ValueError, OSError, CheckpointError) as exc:
+        # a configuration error, said in one line (no traceback), and a failing exit status
+        print(f"trainer_node: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
-    run_node(TrainerNode, argv)
+    run_node(_make, argv)
 
 
 if __name__ == "__main__":

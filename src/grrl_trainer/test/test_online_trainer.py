@@ -94,3 +94,16 @@ def test_warm_up_rounds_quarantine_and_restart(policy, tmp_path):
     with pytest.raises(ValueError, match="online run of"):
         save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "other", version=1)
         OnlineTrainer(tmp_path / "other", run, cfg)
+
+
+def test_restart_before_the_first_round(policy, tmp_path):
+    cfg = StreamConfig(episodes_per_round=2, updates_per_round=1, batch_size=4)
+    core = OnlineTrainer(policy, tmp_path / "run", cfg)
+    assert core.add(episode(0, 1), {"seed": 7}) == "on" and core.due() is None
+    core.close()
+    assert not (tmp_path / "run" / OnlineTrainer.STATE).exists()     # no learner change yet
+    again = OnlineTrainer(policy, tmp_path / "run", cfg)
+    assert again.resumed and again.st["pending"] == ["ep-000000-test"]
+    assert again.st["log"][0]["seed"] == 7 and again.add(episode(0, 1)) == "duplicate"
+    assert again.add(episode(1, 1)) == "on" and again.run_due()["version"] == 2
+    again.close()

@@ -1,0 +1,220 @@
+"""The online trainer node over DDS (issue 7): a short online session through the real graph
+(simulated robot, episode node, policy node steering a small tiny-state checkpoint, trainer):
+episodes flow in, update rounds run, each new checkpoint is announced, hot-reloaded by the
+policy node, and the next episodes' chunks carry its version; hand-crafted bad records (a NaN
+action, missing transitions) are quarantined with their reasons, never trained on; a checkpoint
+the policy node refuses is reported back and the trainer logs the reason."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grrl_trainer.testing import wait_until
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
+                  "text_encoder": "hashed"},
+         "expert": {"width": 32, "heads": 2, "mlp_ratio": 2.0}, "horizon": 8}
+
+
+def small_checkpoint(path: Path, overrides: dict | None = None, seed: int = 0) -> Path:
+    import torch
+
+    from grrl_policy.checkpoint import save_checkpoint
+    from grrl_policy.model import GRRLModel, configure
+    torch.manual_seed(seed)
+    save_checkpoint(GRRLModel(configure("tiny-state", overrides or SMALL)), path, version=1)
+    return path
+
+
+def latched():
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    return QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                      reliability=ReliabilityPolicy.RELIABLE)
+
+
+def said(proc, text: str, timeout: float = 60.0) -> str:
+    """The first line of a node process's log that contains ``text`` (waits for it)."""
+    return wait_until(lambda: next((line for line in proc.output.splitlines() if text in line),
+                                   None), timeout, f"{proc.cmd[0]} to log '{text}'")
+
+
+def run_episode(ros_node, client, seed: int, time_limit: float):
+    from grrl_interfaces.action import RunEpisode
+    future = client.send_goal_async(RunEpisode.Goal(seed=seed, time_limit=time_limit))
+    handle = wait_until(lambda: future.done() and future.result(), 30, "goal response")
+    assert handle.accepted
+    result = handle.get_result_async()
+    wait_until(result.done, 60, f"the result of episode seed {seed}")
+    return result.result().result
+
+
+def rewrite_record(src: Path, dst: Path, episode_id: str, nan_chunk: int | None = None,
+                   drop_joints_at_chunk: int | None = None) -> None:
+    """A copy of a real episode record under another episode id, with one action of chunk
+    ``nan_chunk`` made NaN, or the joint states around chunk ``drop_joints_at_chunk`` removed."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    from grrl_trainer.recorder import typestore_with_custom_types
+    store = typestore_with_custom_types()
+    with Reader(src) as bag:
+        conns = list(bag.connections)
+        msgs = list(bag.messages())
+    chunk_stamps = sorted(store.deserialize_cdr(raw, c.msgtype).header.stamp.sec * 10**9
+                          + store.deserialize_cdr(raw, c.msgtype).header.stamp.nanosec
+                          for c, _, raw in msgs if c.topic.endswith("grrl/action_chunk"))
+    writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    out = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in conns}
+    n_chunk = 0
+    for c, t, raw in msgs:
+        if c.topic.endswith(("grrl/episode", "grrl/action_chunk")) or \
+                (drop_joints_at_chunk is not None and c.topic.endswith("joint_states")):
+            m = store.deserialize_cdr(raw, c.msgtype)
+            if c.topic.endswith("joint_states"):
+                stamp = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                if abs(stamp - chunk_stamps[drop_joints_at_chunk]) < 50_000_000:
+                    continue
+            else:
+                m = dataclasses.replace(m, episode_id=episode_id)
+                if c.topic.endswith("grrl/action_chunk"):
+                    if n_chunk == nan_chunk:
+                        actions = np.array(m.actions, np.float32)
+                        actions[3] = np.nan
+                        m = dataclasses.replace(m, actions=actions)
+                    n_chunk += 1
+            raw = store.serialize_cdr(m, c.msgtype)
+        writer.write(out[c.id], t, raw)
+    writer.close()
+
+
+def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
+    from rclpy.action import ActionClient
+
+    from grrl_interfaces.action import RunEpisode
+    from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent
+
+    policy = small_checkpoint(tmp_path / "bc")
+    run = tmp_path / "online"
+    chunks = ros_node.collect(ActionChunk, "/grrl/action_chunk", 100)
+    announced = ros_node.collect(CheckpointInfo, "/grrl/checkpoint", latched())
+    status = ros_node.collect(CheckpointInfo, "/grrl/checkpoint_status", latched())
+    start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True,
+               real_time_factor=2.0)
+    start_node("grrl_trainer", "episode_node", record=True, record_dir=str(tmp_path / "episodes"))
+    policy_node = start_node("grrl_policy", "policy_node", checkpoint=str(policy), steer=True,
+                             steer_noise_std=0.3)
+    trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                         episodes_per_round=2, updates_per_round=2, batch_size=16)
+    client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
+    assert client.wait_for_server(timeout_sec=60)
+    said(policy_node, "policy tiny-state version 1 ready", 90)
+    said(trainer, "trainer ready", 90)
+
+    # round 1: two episodes of the offline checkpoint (version 1) -> version 2
+    first = [run_episode(ros_node, client, seed, 4.0) for seed in (20000, 20001)]
+    wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 2
+                           for s in list(status)), 90, "version 2 loaded by the policy node")
+    ann = [a for a in list(announced) if a.status == CheckpointInfo.STATUS_ANNOUNCED]
+    assert [a.version for a in ann] == [2] and ann[0].path == str(run / "checkpoints" / "v0002")
+    said(trainer, "LOADED checkpoint version 2")
+    # round 2: the next episodes are acted by version 2 -> version 3
+    second = [run_episode(ros_node, client, seed, 4.0) for seed in (20002, 20003)]
+    wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 3
+                           for s in list(status)), 90, "version 3 loaded by the policy node")
+    by_episode = {}
+    for c in list(chunks):
+        by_episode.setdefault(c.episode_id, set()).add(c.policy_version)
+    for r in first:
+        assert by_episode.get(r.episode_id) == {1}, by_episode
+    for r in second:
+        assert by_episode.get(r.episode_id) == {2}, by_episode
+    assert all(c.noise_steered for c in list(chunks))
+    rows = list(csv.DictReader(open(run / "online.csv")))
+    assert [(r["episode_id"], int(r["version"])) for r in rows] == \
+        [(r.episode_id, 1) for r in first] + [(r.episode_id, 2) for r in second]
+    said(trainer, f"episode {second[-1].episode_id} (robot, seed 20003, version 2)")
+
+    # bad input: a record with a NaN action, one with missing transitions -> quarantined
+    good = Path(second[-1].record_path)
+    rewrite_record(good, tmp_path / "bad-nan", "ep-020098-badnan00", nan_chunk=1)
+    rewrite_record(good, tmp_path / "bad-gap", "ep-020099-badgap00", drop_joints_at_chunk=2)
+    events = ros_node.node.create_publisher(EpisodeEvent, "/grrl/episode", latched())
+    ros_node.wait_for_matched(events, 2)              # the trainer and the policy node at least
+    for eid, path in (("ep-020098-badnan00", "bad-nan"), ("ep-020099-badgap00", "bad-gap")):
+        events.publish(EpisodeEvent(episode_id=eid, event=EpisodeEvent.EVENT_FINISHED,
+                                    record_path=str(tmp_path / path), seed=20003))
+    nan = said(trainer, "ep-020098-badnan00 (robot) QUARANTINED")
+    assert "actions has 1 non-finite value(s)" in nan, nan
+    gap = said(trainer, "ep-020099-badgap00 (robot) QUARANTINED")
+    assert "no joint state at the stamp of decision 2" in gap and "missing transitions" in gap, gap
+    reasons = sorted(p.read_text() for p in (run / "replay" / "quarantine").glob("*.reason.txt"))
+    assert len(reasons) == 2 and "non-finite" in reasons[0] + reasons[1]
+    assert len(list(csv.DictReader(open(run / "online.csv")))) == 4    # not trained on
+    assert trainer.proc.poll() is None, trainer.output[-3000:]
+
+    # a restarted trainer resumes at version 3: the latched episode ends arrive again and are
+    # recognised, and the re-announced version 3 is already running on the robot
+    assert trainer.stop() == 0
+    again = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                       episodes_per_round=2, updates_per_round=2, batch_size=16)
+    said(again, "at version 3 (resumed: 4 online episodes)", 90)
+    said(again, f"episode {second[-1].episode_id} (robot): already stored; not counted again")
+    said(again, "episode ep-020098-badnan00 (robot): already rejected: quarantined")
+    said(again, "REFUSED checkpoint version 3")                      # not newer: a warning
+    assert len(list(csv.DictReader(open(run / "online.csv")))) == 4
+
+
+def test_a_refused_checkpoint_is_reported_to_the_trainer(start_node, ros_node, tmp_path):
+    """The trainer resumes a run at version 2 and announces it again; the policy node runs a
+    model of another architecture, refuses it, says why, and the trainer logs that reason."""
+    import torch
+
+    from bytemini_driver.sim_state import STATE_DIM
+    from grrl_interfaces.msg import CheckpointInfo
+    from grrl_trainer.online import OnlineTrainer, StreamConfig
+    from grrl_trainer.replay import OnlineEpisode
+
+    policy = small_checkpoint(tmp_path / "bc")
+    other = small_checkpoint(tmp_path / "other", {**SMALL, "expert": {"width": 48, "heads": 2,
+                                                                       "mlp_ratio": 2.0}})
+    run = tmp_path / "online"
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        core = OnlineTrainer(policy, run, StreamConfig(episodes_per_round=2, updates_per_round=1,
+                                                       batch_size=4))
+        for i in range(2):
+            n = 3
+            core.add(OnlineEpisode(
+                episode_id=f"ep-{i:06d}-synthetic", robot="sim", policy_version=1,
+                instruction="thread the left lace end", success=False,
+                observations={"proprio": rng.normal(size=(n + 1, 16)).astype(np.float32),
+                              "state": rng.normal(size=(n + 1, STATE_DIM)).astype(np.float32)},
+                actions=rng.normal(size=(n, 8, 16)).astype(np.float32),
+                noise=rng.normal(size=(n, 8, 16)).astype(np.float32),
+                steered=np.ones(n, bool), reward=np.zeros(n, np.float32),
+                done=np.arange(n) == n - 1, offset=np.full(n, 8)))
+        assert core.run_due()["version"] == 2
+        core.close()
+    finally:
+        torch.set_num_threads(threads)
+    status = ros_node.collect(CheckpointInfo, "/grrl/checkpoint_status", latched())
+    policy_node = start_node("grrl_policy", "policy_node", checkpoint=str(other))
+    said(policy_node, "ready", 90)
+    trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                         episodes_per_round=2, updates_per_round=1, batch_size=4)
+    refused = wait_until(lambda: next((s for s in list(status)
+                                       if s.status == CheckpointInfo.STATUS_REFUSED), None),
+                         90, "the policy node's refusal")
+    assert refused.version == 2 and "model config differs" in refused.message
+    text = said(trainer, "REFUSED checkpoint version 2")
+    assert text.startswith("[ERROR]") and "model config differs" in text, text
+    assert "training goes on" in text
+    assert trainer.proc.poll() is None, trainer.output[-3000:]
