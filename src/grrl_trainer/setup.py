@@ -28,6 +28,7 @@ setup(
         'grrl.benchmarks': [
             'data = grrl_trainer.bench_data:main',
             'critic = grrl_trainer.bench_critic:main',
+            'online = grrl_trainer.bench_online:main',
         ],
         'console_scripts': [
             'grrl-launch = grrl_trainer.launcher:main',
