@@ -52,3 +52,42 @@ def test_warm_up_rounds_versions_and_rerun(policy, tmp_path):
             run_online(policy, run, OnlineConfig(episodes=6, workers=1), progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_moment_then_resume(policy, tmp_path):
+    """SIGKILL the online trainer while it works, run it again to the end: every online
+    episode is counted once, the buffer holds each episode once, versions increase."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "online"
+    cmd = [sys.executable, "-m", "grrl_trainer.online", "--policy", str(policy), "--out", str(run),
+           "--episodes", "6", "--episodes-per-round", "2", "--updates-per-round", "3",
+           "--warmup-episodes", "2", "--warmup-updates", "3", "--batch-size", "8",
+           "--workers", "1", "--time-limit", "2.0", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # kill once the run is under way (after the warm-up checkpoint), at a random moment
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "v0002.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "online.csv")))
+    assert [int(r["seed"]) for r in rows] == list(range(20000, 20006))
+    versions = [int(r["version"]) for r in rows]
+    assert versions == sorted(versions) and versions[0] == 2 and versions[-1] == 4
+    with ReplayBuffers(run / "replay") as b:
+        ids = b.ids()
+    online = [i for i in ids if i.startswith("online-")]
+    assert len(online) == len(set(online)) == 6
+    assert sorted(int(i.rsplit("-s", 1)[1]) for i in online) == list(range(20000, 20006))
