@@ -211,14 +211,14 @@ class SteeringLearner:
                               actions: torch.Tensor) -> torch.Tensor:
         """The target twins' (n_critics, B, k, bins) logits for physical-unit chunks."""
         nz = self.model.normalizer
-        p, a = nz.norm("proprio", proprio), nz.norm("action", actions)
+        p, a = nz.norm("proprio", proprio), self.model.encode_actions(actions, proprio)
         return torch.stack([c(prefix, p, a) for c in self.critics_target])
 
     @torch.no_grad()
     def steered_actions(self, prefix: Prefix, proprio: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """π_θ(s | ε) in physical units (B, k, D), without gradient (the DiT is frozen)."""
         m = self.model
-        return m.normalizer.denorm("action", m.sample_normalized(prefix, proprio, eps, self._steps()))
+        return m.decode_actions(m.sample_normalized(prefix, proprio, eps, self._steps()), proprio)
 
     def td_objective(self, b: dict, prefix: Prefix, next_prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
         """Distributional TD3 loss of the twin critics on the executed chunks, and their

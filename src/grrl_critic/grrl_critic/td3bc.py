@@ -220,7 +220,7 @@ class CriticTrainer:
                 if cfg.target_actions == "actor":
                     a_next = self._actor_actions(self.actor_target, tgt, next_prefix, b["next_proprio"])
                     noise = (torch.randn_like(a_next) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-                    a_next = tgt.normalizer.denorm("action", a_next + noise)
+                    a_next = tgt.decode_actions(a_next + noise, b["next_proprio"])
                 else:
                     a_next = b["next_actions"]
                 next_out = tgt.critic_logits(next_prefix, b["next_proprio"], a_next)[:, :, -1]
@@ -260,9 +260,9 @@ class CriticTrainer:
         for p in self.critic_params:
             p.requires_grad_(False)
         try:
-            out = model.critic_logits(prefix, b["proprio"], model.normalizer.denorm("action", pi))
+            out = model.critic_logits(prefix, b["proprio"], model.decode_actions(pi, b["proprio"]))
             q = self.values(out[0, :, -1])
-            loss = td3bc_actor_loss(q, pi, model.normalizer.norm("action", b["actions"]), b["mask"],
+            loss = td3bc_actor_loss(q, pi, model.encode_actions(b["actions"], b["proprio"]), b["mask"],
                                     self.cfg.alpha)
         finally:
             for p in self.critic_params:

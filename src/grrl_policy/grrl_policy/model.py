@@ -68,6 +68,9 @@ class ModelConfig:
     """critic ensemble size (2 = TD3's twin critics)"""
     action_space: str = "joint"
     """'joint' (joint targets) or 'task' (tcp poses + grippers): how the node executes chunks"""
+    action_mode: str = "absolute"
+    """'absolute' targets, or 'delta': the model works on a - q (targets relative to the current
+    joint positions; needs action_dim == proprio_dim), normalised by the statistics of a - q"""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +160,10 @@ class Normalizer(nn.Module):
 class GRRLModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.action_mode not in ("absolute", "delta"):
+            raise ValueError(f"action_mode must be 'absolute' or 'delta', got {cfg.action_mode!r}")
+        if cfg.action_mode == "delta" and cfg.action_dim != cfg.proprio_dim:
+            raise ValueError("action_mode 'delta' needs action_dim == proprio_dim (joint targets)")
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         bb = self.backbone
@@ -212,14 +219,25 @@ class GRRLModel(nn.Module):
             p = self.normalizer.norm("proprio", proprio)
             a = flow_matching.integrate(lambda x, t: self.velocity(self.encode(obs), p, x, t),
                                         noise, steps or self.cfg.flow_steps)
-        return self.normalizer.denorm("action", a), noise
+        return self.decode_actions(a, proprio), noise
+
+    def encode_actions(self, actions: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        """Physical chunks (B, k, D) → the normalised space the experts work in."""
+        if self.cfg.action_mode == "delta":
+            actions = actions - proprio[:, None, :]
+        return self.normalizer.norm("action", actions)
+
+    def decode_actions(self, a_n: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode_actions`."""
+        a = self.normalizer.denorm("action", a_n)
+        return a + proprio[:, None, :] if self.cfg.action_mode == "delta" else a
 
     def bc_loss(self, obs: dict, proprio: torch.Tensor, actions: torch.Tensor,
                 mask: torch.Tensor | None = None, prefix: Prefix | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Flow-matching behaviour-cloning loss on physical-unit chunks (B, k, D)."""
         prefix = prefix if prefix is not None else self.encode(obs)
-        a = self.normalizer.norm("action", actions)
+        a = self.encode_actions(actions, proprio)
         p = self.normalizer.norm("proprio", proprio)
         noise = torch.randn(a.shape, generator=generator, device=a.device)
         t = flow_matching.sample_time(a.shape[0], a.device, generator, self.cfg.flow_time)
@@ -231,7 +249,7 @@ class GRRLModel(nn.Module):
         """Q_φ: (n_critics, B, k, bins) logits for physical-unit chunks (B, k, D); step j is the
         value distribution of the chunk prefix a_{t:t+j+1} (Q-chunking, causal)."""
         p = self.normalizer.norm("proprio", proprio)
-        a = self.normalizer.norm("action", actions)
+        a = self.encode_actions(actions, proprio)
         return torch.stack([c(prefix, p, a) for c in self.critics])
 
     def predict_noise(self, prefix: Prefix, proprio: torch.Tensor) -> torch.Tensor:

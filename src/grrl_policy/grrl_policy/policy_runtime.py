@@ -161,7 +161,7 @@ class Policy:
             eps = torch.randn(1, model.cfg.horizon, model.cfg.action_dim, device=self.device)
         if not torch.isfinite(eps).all():
             raise PolicyOutputError("the noise predictor produced non-finite noise")
-        actions = model.normalizer.denorm("action", model.sample_normalized(prefix, proprio, eps, steps))
+        actions = model.decode_actions(model.sample_normalized(prefix, proprio, eps, steps), proprio)
         t2 = time.perf_counter()
         out = actions[0].float().cpu().numpy()
         if not np.isfinite(out).all():

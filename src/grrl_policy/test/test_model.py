@@ -176,3 +176,17 @@ def test_qwen_path_runs_the_same_code_with_a_tiny_random_qwen():
     assert model.backbone.model.language_model.layers[-1].self_attn.k_proj.weight.grad is not None
     # the last layer contributes only its keys/values to the experts: its queries get no gradient
     assert model.backbone.model.language_model.layers[-1].self_attn.q_proj.weight.grad is None
+
+
+def test_delta_action_mode_round_trips_and_learns_relative_targets():
+    """action_mode='delta': the experts see a - q; callers still use physical targets."""
+    torch.manual_seed(0)
+    model = GRRLModel(small_config(action_mode="delta")).eval()
+    proprio, actions = torch.randn(3, 2), torch.randn(3, 4, 2)
+    torch.testing.assert_close(model.decode_actions(model.encode_actions(actions, proprio), proprio), actions)
+    # with identity statistics the normalised delta is exactly a - q
+    torch.testing.assert_close(model.encode_actions(actions, proprio), actions - proprio[:, None])
+    with pytest.raises(ValueError, match="action_mode"):
+        GRRLModel(small_config(action_mode="relative"))
+    with pytest.raises(ValueError, match="action_dim == proprio_dim"):
+        GRRLModel(small_config(action_mode="delta", proprio_dim=3))
