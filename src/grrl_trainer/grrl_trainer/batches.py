@@ -57,18 +57,23 @@ def collate(samples: list[dict[str, Any]], observation: str = "images",
 
 def normalization_stats(dataset: EpisodeDataset, action_key: str = keys.ACTION_JOINTS,
                         max_episodes: int | None = None,
-                        action_mode: str = "absolute") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                        action_mode: str = "absolute",
+                        horizon: int = 16) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-dimension mean and std of the actions and joint positions over the dataset's steps
     (mirror-symmetric: the statistics of the data and of its mirror image are pooled, so that
     the same normaliser serves mirrored samples). ``action_mode='delta'``: statistics of the
-    targets relative to the joint positions, a_t - q_t (see ModelConfig.action_mode)."""
+    targets of whole chunks relative to the joint positions they start from, a_{t+i} - q_t for
+    i < ``horizon`` (see ModelConfig.action_mode)."""
     from grrl_trainer.mirror import mirror_joints
     acts, props = [], []
     n = len(dataset.episodes) if max_episodes is None else min(max_episodes, len(dataset.episodes))
     for ep in range(n):
         q = dataset.load(ep, keys.STATE_JOINTS)
         a = dataset.load(ep, action_key)
-        acts.append(a - q if action_mode == "delta" else a)
+        if action_mode == "delta":
+            acts += [a[i:] - q[:len(q) - i] for i in range(min(horizon, len(q)))]
+        else:
+            acts.append(a)
         props.append(q)
     if not acts:
         raise ValueError("the dataset has no episodes to compute statistics from")

@@ -396,7 +396,8 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
         if device.type == "cuda" and len(state["rng"].get("cuda", [])):
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
     else:
-        apply_stats(model, normalization_stats(dataset, action_mode=model_cfg.action_mode))
+        apply_stats(model, normalization_stats(dataset, action_mode=model_cfg.action_mode,
+                                               horizon=model_cfg.horizon))
         if cfg.ema:
             ema = {n: p.detach().clone() for n, p in zip(param_names, params)}
     elapsed = float(state["elapsed"]) if state is not None else 0.0

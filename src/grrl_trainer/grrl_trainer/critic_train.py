@@ -150,7 +150,8 @@ def train_critic(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: C
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["rng"].cpu())
     else:
-        trainer.set_normalization(normalization_stats(dataset, action_mode=model_cfg.action_mode))
+        trainer.set_normalization(normalization_stats(dataset, action_mode=model_cfg.action_mode,
+                                                                horizon=model_cfg.horizon))
     extra = {"role": "critic", "kind": cfg.td3bc.kind, "progress_reduce": cfg.td3bc.progress_reduce,
              "progress_position": cfg.td3bc.progress_position, "gamma": cfg.td3bc.gamma,
              "data": str(data_dir), "config": cfg.to_dict()}
