@@ -117,8 +117,10 @@ class TinyBackbone(Backbone):
         allowed = mask[:, None, :].expand(-1, x.shape[1], -1)
         keys, values = [], []
         first_exported = self.cfg.layers - self.n_prefix_layers
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, allowed)
+            # the last layer's output is never read: only its keys/values are exported
+            x, k, v = block(x, allowed) if i < last else (x, *block.keys_values(x))
             if i >= first_exported:
                 keys.append(k)
                 values.append(v)

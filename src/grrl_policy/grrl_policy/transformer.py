@@ -40,6 +40,13 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)
             nn.init.zeros_(self.ada.bias)
 
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys/values (B, n_kv_heads, L, head_dim) alone: all a backbone's last
+        layer contributes to the experts (no attention or MLP needed)."""
+        B, L, _ = x.shape
+        k, v = self.kv(self.norm1(x)).view(B, L, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
     def forward(self, x: torch.Tensor, allowed: torch.Tensor,
                 ext_k: torch.Tensor | None = None, ext_v: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
