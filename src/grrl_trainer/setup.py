@@ -43,6 +43,7 @@ setup(
             'grrl-critic = grrl_trainer.critic_train:main',
             'grrl-offline = grrl_trainer.offline:main',
             'grrl-online = grrl_trainer.online:main',
+            'grrl-reproduce = grrl_trainer.reproduce:main',
         ],
     },
 )

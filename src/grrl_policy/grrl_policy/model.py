@@ -67,7 +67,8 @@ class ModelConfig:
     n_critics: int = 2
     """critic ensemble size (2 = TD3's twin critics)"""
     action_space: str = "joint"
-    """'joint' (joint targets) or 'task' (tcp poses + grippers): how the node executes chunks"""
+    """'joint' (joint targets, 16) or 'task' (tcp poses + grippers, grrl_policy.task_space, 20:
+    both proprioception and actions; chunks are turned into joint targets by IK)"""
     action_mode: str = "absolute"
     """'absolute' targets, or 'delta': the model works on a - q (targets relative to the current
     joint positions; needs action_dim == proprio_dim), normalised by the statistics of a - q"""
@@ -89,7 +90,8 @@ class ModelConfig:
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """Named configurations: 'tiny', 'tiny-state' (simulator state instead of images) and
+    """Named configurations: 'tiny' (images), 'tiny-state' (simulator state instead of images),
+    'tiny-state-task' / 'tiny-task' (the same acting in task space, see task_space.py) and
     'qwen2.5-vl-3b'. Keyword overrides replace top-level fields."""
     if name == "tiny":
         cfg = ModelConfig(name=name)
@@ -100,20 +102,39 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
         cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(
             width=64, layers=2, heads=4, kv_heads=2, head_dim=16, observation="state",
             state_dim=STATE_DIM, state_tokens=4), expert=ExpertConfig(width=64, heads=4, mlp_ratio=2.0))
+    elif name == "tiny-state-task":
+        # the reproduction's policy: simulator state in, wrist poses out (task_space.py); 4
+        # backbone layers so that the experts get 2 (one layer could not fit the demonstrations)
+        from bytemini_driver.sim_state import STATE_DIM
+
+        from .task_space import TASK_DIM
+        cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(
+            width=128, layers=4, heads=4, kv_heads=2, head_dim=32, observation="state",
+            state_dim=STATE_DIM, state_tokens=4), expert=ExpertConfig(width=128, heads=4, mlp_ratio=4.0),
+            action_space="task", action_dim=TASK_DIM, proprio_dim=TASK_DIM)
+    elif name == "tiny-task":
+        from .task_space import TASK_DIM
+        cfg = ModelConfig(name=name, action_space="task", action_dim=TASK_DIM, proprio_dim=TASK_DIM)
     elif name == "qwen2.5-vl-3b":
         # 36 decoder layers → the experts have 18, attending to layers 18..35 (GQA: 2 kv heads)
         cfg = ModelConfig(name=name, backbone="qwen",
                           expert=ExpertConfig(width=1024, heads=16, mlp_ratio=4.0))
     else:
-        raise ValueError(f"unknown model preset {name!r} (tiny, tiny-state, qwen2.5-vl-3b)")
+        raise ValueError(f"unknown model preset {name!r} (tiny, tiny-state, tiny-state-task, "
+                         "tiny-task, qwen2.5-vl-3b)")
     return dataclasses.replace(cfg, **overrides)
 
 
 def configure(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """A preset with overrides given as plain data (e.g. from JSON on a command line): top-level
     fields replace, nested configs ('tiny', 'qwen', 'expert') are merged field by field."""
+    overrides = dict(overrides or {})
+    if overrides.get("action_space") == "task":
+        from .task_space import TASK_DIM
+        overrides.setdefault("action_dim", TASK_DIM)
+        overrides.setdefault("proprio_dim", TASK_DIM)
     d = preset(name).to_dict()
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if key not in d:
             raise ValueError(f"unknown model config field {key!r} in the model overrides")
         if isinstance(d[key], dict):
@@ -162,6 +183,12 @@ class GRRLModel(nn.Module):
         super().__init__()
         if cfg.action_mode not in ("absolute", "delta"):
             raise ValueError(f"action_mode must be 'absolute' or 'delta', got {cfg.action_mode!r}")
+        if cfg.action_space not in ("joint", "task"):
+            raise ValueError(f"action_space must be 'joint' or 'task', got {cfg.action_space!r}")
+        if cfg.action_space == "task":
+            from .task_space import TASK_DIM
+            if cfg.action_dim != TASK_DIM or cfg.proprio_dim != TASK_DIM:
+                raise ValueError(f"action_space 'task' needs action_dim == proprio_dim == {TASK_DIM}")
         if cfg.action_mode == "delta" and cfg.action_dim != cfg.proprio_dim:
             raise ValueError("action_mode 'delta' needs action_dim == proprio_dim (joint targets)")
         self.cfg = cfg

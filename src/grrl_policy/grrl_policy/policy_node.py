@@ -49,6 +49,7 @@ from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskS
 from .checkpoint import CheckpointError
 from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, joint_limits
 from .policy_runtime import CAMERAS, ObservationError, Policy, PolicyOutputError, build_observation
+from .task_space import TASK_DIM, action_codec, task_names
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -121,10 +122,15 @@ class PolicyNode(Node):
         self.policy = Policy.load(ckpt, device=str(g("device"))) if ckpt else \
             Policy.fresh(str(g("preset")), int(g("seed")), str(g("device")))
         cfg = self.policy.config
-        if cfg.action_space != "joint" or cfg.action_dim != 16 or cfg.proprio_dim != 16:
-            raise ValueError("this node executes 16 joint targets from 16 joint positions; the "
-                             f"model has action_space={cfg.action_space}, action_dim={cfg.action_dim}")
+        expected = {"joint": 16, "task": TASK_DIM}.get(cfg.action_space)
+        if expected is None or cfg.action_dim != expected or cfg.proprio_dim != expected:
+            raise ValueError("this node executes 16 joint targets from 16 joint positions, or 20 "
+                             "task-space values through IK; the model has action_space="
+                             f"{cfg.action_space}, action_dim={cfg.action_dim}")
         self.names = desc.actuated_joint_names()
+        # joint states -> the model's proprioception, chunks -> joint targets (IK for 'task')
+        self.codec = action_codec(cfg.action_space, self.dt)
+        self.chunk_names = task_names() if cfg.action_space == "task" else self.names
         self.limits = joint_limits(float(g("velocity_scale")), float(g("acceleration_limit")),
                                    float(g("jerk_limit")))
         self.executor_cfg = ExecutorConfig(dt=self.dt, execute_steps=self.m,
@@ -185,6 +191,7 @@ class PolicyNode(Node):
                 self.episode, self.next_plan, self.holding = msg, float("-inf"), False
                 self.chunks.reset()
                 self.hold_target = None
+                self.codec.reset()       # IK posture: the joints at the episode's first chunk
             self.get_logger().info(f"episode {msg.episode_id}: acting on '{msg.instruction}'")
         elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
                            EpisodeEvent.EVENT_INVALID):
@@ -264,14 +271,15 @@ class PolicyNode(Node):
                     np.array([t.eyelet_center.x, t.eyelet_center.y, t.eyelet_center.z]),
                     np.array([t.threading_direction.x, t.threading_direction.y,
                               t.threading_direction.z]), float(t.shoe_yaw))
-            obs, proprio = build_observation(self.policy.config, snap.instruction, snap.q,
-                                             snap.images, state=state)
+            obs, proprio = build_observation(self.policy.config, snap.instruction,
+                                             self.codec.proprio(snap.q), snap.images, state=state)
             cfg = self.policy.config
             explore = self.explore_std * self.rng.standard_normal(
                 (cfg.horizon, cfg.action_dim)).astype(np.float32) \
                 if self.steer and self.explore_std > 0 else None
             chunk = self.policy.infer(obs, proprio, steer=self.steer, steps=self.flow_steps,
                                       explore=explore)
+            joints = self.codec.joints(chunk.actions, snap.q)
             with self.lock:
                 if self.episode is None or self.episode.episode_id != snap.episode_id:
                     return                                   # the episode ended meanwhile
@@ -280,7 +288,7 @@ class PolicyNode(Node):
                 # lag it): splice there, or the driver refuses the first point as a jump
                 state = self.chunks.state_at(t_now, measured=snap.q if self.hold_target is None
                                              else self.hold_target)
-                plan = self.chunks.plan(chunk.actions, snap.t_obs, state)
+                plan = self.chunks.plan(joints, snap.t_obs, state)
                 self.next_plan = plan.execute_until - 0.5 * self.dt
                 self.holding, self.hold_target = False, None
             self._publish(snap, chunk, plan, t_now)
@@ -297,7 +305,7 @@ class PolicyNode(Node):
 
     def _publish(self, snap: Snapshot, chunk, plan, t_now: float) -> None:
         cfg = self.policy.config
-        msg = ActionChunk(dimension_names=self.names, horizon=cfg.horizon, action_dim=cfg.action_dim,
+        msg = ActionChunk(dimension_names=self.chunk_names, horizon=cfg.horizon, action_dim=cfg.action_dim,
                           actions=chunk.actions.astype(np.float32).ravel().tolist(),
                           initial_noise=chunk.noise.astype(np.float32).ravel().tolist(),
                           noise_steered=chunk.steered, step_period=self.dt,

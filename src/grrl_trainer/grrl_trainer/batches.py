@@ -3,8 +3,9 @@ dataset statistics the model normalises with. Shared by critic training, BC and 
 
 A batch is a dict:
   obs, next_obs:   {"instruction": list[str], "images": (B, 3, H, W, 3) uint8 | "state": (B, S)}
-  proprio, next_proprio: (B, 16) joint positions
-  actions: (B, k, 16) joint targets, mask: (B, k) bool, next_actions (optional, same shape)
+  proprio, next_proprio: (B, P) joint positions (16) or task-space proprioception (20)
+  actions: (B, k, D) joint targets (16) or task-space targets (20), mask: (B, k) bool,
+  next_actions (optional, same shape)
   reward (B,), done (B,) bool, offset (B,) long: the number of chunk steps to the next obs
   episode, timestep, length (B,) long; success, hindsight (B,) bool
 """
@@ -34,14 +35,27 @@ def _obs(samples: list[dict[str, Any]], prefix: str, observation: str) -> dict[s
     return out
 
 
+SPACE_KEYS = {"joint": (keys.STATE_JOINTS, keys.ACTION_JOINTS),
+              "task": (keys.STATE_TASK, keys.ACTION_TASK)}
+"""action space of the model → (proprioception key, action key) of the samples"""
+
+
+def space_keys(space: str) -> tuple[str, str]:
+    if space not in SPACE_KEYS:
+        raise ValueError(f"action space must be one of {sorted(SPACE_KEYS)}, got {space!r}")
+    return SPACE_KEYS[space]
+
+
 def collate(samples: list[dict[str, Any]], observation: str = "images",
-            action_key: str = keys.ACTION_JOINTS) -> dict[str, Any]:
-    """Stack loader samples into model inputs (see the module docstring)."""
+            space: str = "joint") -> dict[str, Any]:
+    """Stack loader samples into model inputs (see the module docstring); ``space`` is the
+    model's action space ('task' samples come from windows with ``task_space=True``)."""
+    proprio_key, action_key = space_keys(space)
     f = lambda key, dtype=torch.float32: torch.as_tensor(np.stack([s[key] for s in samples]), dtype=dtype)  # noqa: E731
     batch: dict[str, Any] = {
         "obs": _obs(samples, "", observation),
         "next_obs": _obs(samples, NEXT, observation),
-        "proprio": f(keys.STATE_JOINTS), "next_proprio": f(NEXT + keys.STATE_JOINTS),
+        "proprio": f(proprio_key), "next_proprio": f(NEXT + proprio_key),
         "actions": f(action_key), "mask": f("action_mask", torch.bool),
         "reward": f("reward"), "done": f("done", torch.bool),
         "offset": torch.as_tensor([int(s.get("offset", len(s["action_mask"]))) for s in samples]),
@@ -55,21 +69,27 @@ def collate(samples: list[dict[str, Any]], observation: str = "images",
     return batch
 
 
-def normalization_stats(dataset: EpisodeDataset, action_key: str = keys.ACTION_JOINTS,
-                        max_episodes: int | None = None,
-                        action_mode: str = "absolute",
-                        horizon: int = 16) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def normalization_stats(dataset: EpisodeDataset, max_episodes: int | None = None,
+                        action_mode: str = "absolute", horizon: int = 16,
+                        space: str = "joint") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-dimension mean and std of the actions and joint positions over the dataset's steps
     (mirror-symmetric: the statistics of the data and of its mirror image are pooled, so that
     the same normaliser serves mirrored samples). ``action_mode='delta'``: statistics of the
     targets of whole chunks relative to the joint positions they start from, a_{t+i} - q_t for
-    i < ``horizon`` (see ModelConfig.action_mode)."""
+    i < ``horizon`` (see ModelConfig.action_mode). ``space='task'``: of the task-space vectors
+    (grrl_policy.task_space)."""
+    from grrl_policy.task_space import mirror_task
     from grrl_trainer.mirror import mirror_joints
+    from grrl_trainer.windows import episode_task_arrays
+    space_keys(space)
+    mirror = mirror_task if space == "task" else mirror_joints
     acts, props = [], []
     n = len(dataset.episodes) if max_episodes is None else min(max_episodes, len(dataset.episodes))
     for ep in range(n):
-        q = dataset.load(ep, keys.STATE_JOINTS)
-        a = dataset.load(ep, action_key)
+        if space == "task":
+            q, a = episode_task_arrays(dataset, ep)
+        else:
+            q, a = dataset.load(ep, keys.STATE_JOINTS), dataset.load(ep, keys.ACTION_JOINTS)
         if action_mode == "delta":
             acts += [a[i:] - q[:len(q) - i] for i in range(min(horizon, len(q)))]
         else:
@@ -79,7 +99,7 @@ def normalization_stats(dataset: EpisodeDataset, action_key: str = keys.ACTION_J
         raise ValueError("the dataset has no episodes to compute statistics from")
     out = {}
     for name, rows in (("action", np.concatenate(acts)), ("proprio", np.concatenate(props))):
-        both = np.concatenate([rows, mirror_joints(rows)])
+        both = np.concatenate([rows, mirror(rows)])
         out[name] = (both.mean(0).astype(np.float32), both.std(0).astype(np.float32))
     return out
 

@@ -232,7 +232,7 @@ def observation_mode(model_cfg) -> str:
 
 
 def bc_windows(dataset: EpisodeDataset, cfg: BCConfig, observation: str,
-               keep: dict[int, np.ndarray] | None) -> TransitionWindows:
+               keep: dict[int, np.ndarray] | None, task_space: bool = False) -> TransitionWindows:
     """The BC samples: recorded trajectories (no hindsight ones), filtered by ``keep``."""
     if cfg.successful_only:
         ok = {e: np.ones(int(m["n_steps"]), bool) for e, m in enumerate(dataset.episodes)
@@ -240,7 +240,8 @@ def bc_windows(dataset: EpisodeDataset, cfg: BCConfig, observation: str,
         keep = ok if keep is None else {e: keep[e] & ok[e] for e in ok if e in keep}
     wcfg = WindowConfig(horizon=cfg.horizon, images=observation == "images",
                         state=observation == "state", hindsight=False,
-                        mirror_prob=cfg.effective_mirror_prob, seed=cfg.seed)
+                        mirror_prob=cfg.effective_mirror_prob, seed=cfg.seed,
+                        task_space=task_space)
     return TransitionWindows(dataset, wcfg, keep=keep)
 
 
@@ -334,7 +335,7 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
     if cfg.filter:
         keep = load_keep(cfg.filter)
         check_keep(keep, dataset)
-    windows = bc_windows(dataset, cfg, observation, keep)
+    windows = bc_windows(dataset, cfg, observation, keep, model_cfg.action_space == "task")
     total_recorded = int(sum(int(m["n_steps"]) for m in dataset.episodes))
     if len(windows) == 0:
         raise ValueError(f"no BC samples in {data_dir} (successful_only={cfg.successful_only}, "
@@ -397,7 +398,8 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
     else:
         apply_stats(model, normalization_stats(dataset, action_mode=model_cfg.action_mode,
-                                               horizon=model_cfg.horizon))
+                                               horizon=model_cfg.horizon,
+                                               space=model_cfg.action_space))
         if cfg.ema:
             ema = {n: p.detach().clone() for n, p in zip(param_names, params)}
     elapsed = float(state["elapsed"]) if state is not None else 0.0
@@ -455,7 +457,7 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
     loader = torch.utils.data.DataLoader(
         EpochSamples(windows), batch_sampler=StepBatches(len(windows), cfg.batch_size, cfg.seed,
                                                          start, stop),
-        collate_fn=functools.partial(collate, observation=observation),
+        collate_fn=functools.partial(collate, observation=observation, space=model_cfg.action_space),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         worker_init_fn=_worker_init if cfg.workers > 0 else None,
         pin_memory=device.type == "cuda")

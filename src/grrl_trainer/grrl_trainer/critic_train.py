@@ -85,7 +85,8 @@ def critic_windows(dataset: EpisodeDataset, cfg: CriticRunConfig, model_cfg) -> 
     wcfg = WindowConfig(horizon=model_cfg.horizon, images=not state, state=state,
                         hindsight=cfg.hindsight, mirror_prob=cfg.mirror_prob, seed=cfg.seed,
                         gamma=cfg.td3bc.gamma, next_offset="random",
-                        next_actions=cfg.td3bc.target_actions == "dataset")
+                        next_actions=cfg.td3bc.target_actions == "dataset",
+                        task_space=model_cfg.action_space == "task")
     return TransitionWindows(dataset, wcfg)
 
 
@@ -151,7 +152,8 @@ def train_critic(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: C
         torch.set_rng_state(state["rng"].cpu())
     else:
         trainer.set_normalization(normalization_stats(dataset, action_mode=model_cfg.action_mode,
-                                                                horizon=model_cfg.horizon))
+                                                      horizon=model_cfg.horizon,
+                                                      space=model_cfg.action_space))
     extra = {"role": "critic", "kind": cfg.td3bc.kind, "progress_reduce": cfg.td3bc.progress_reduce,
              "progress_position": cfg.td3bc.progress_position, "gamma": cfg.td3bc.gamma,
              "data": str(data_dir), "config": cfg.to_dict()}
@@ -179,7 +181,8 @@ def train_critic(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: C
     state_mode = model_cfg.backbone == "tiny" and model_cfg.tiny.observation == "state"
     loader = torch.utils.data.DataLoader(
         EpochSamples(windows), batch_sampler=StepBatches(len(windows), cfg.batch_size, cfg.seed, start, stop),
-        collate_fn=functools.partial(collate, observation="state" if state_mode else "images"),
+        collate_fn=functools.partial(collate, observation="state" if state_mode else "images",
+                                     space=model_cfg.action_space),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         worker_init_fn=_worker_init if cfg.workers > 0 else None)
     LOG.info("critic %s on %s: %d samples (%d trajectories incl. hindsight), %s; %s at step %d of %d",

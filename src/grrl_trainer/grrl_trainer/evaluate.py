@@ -52,6 +52,7 @@ from grrl_policy.chunk_executor import (ChunkExecutor, ChunkExecutorError, Execu
                                         joint_limits)
 from grrl_policy.model import ModelConfig
 from grrl_policy.model import preset as model_preset
+from grrl_policy.task_space import action_codec
 from grrl_policy.policy_runtime import (CAMERAS, ObservationError, Policy, PolicyOutputError,
                                         build_observation)
 
@@ -170,17 +171,20 @@ class EpisodeResult:
 # ----------------------------------------------------------------------------- one episode
 
 def check_policy(policy: Policy) -> None:
-    """The evaluation executes 16 joint targets from 16 joint positions, like the policy node;
-    raises ValueError for another model."""
+    """The evaluation executes 16 joint targets (from a joint-space model, or by IK from a
+    task-space one), like the policy node; raises ValueError for another model."""
     check_model_config(policy.config)
 
 
 def check_model_config(cfg: ModelConfig) -> None:
     """See :func:`check_policy`."""
-    if cfg.action_space != "joint" or cfg.action_dim != 16 or cfg.proprio_dim != 16:
-        raise ValueError("evaluation executes 16 joint targets from 16 joint positions; the model "
-                         f"has action_space={cfg.action_space}, action_dim={cfg.action_dim}, "
-                         f"proprio_dim={cfg.proprio_dim}")
+    from grrl_policy.task_space import TASK_DIM
+    dims = {"joint": 16, "task": TASK_DIM}
+    if dims.get(cfg.action_space) is None or cfg.action_dim != dims[cfg.action_space] \
+            or cfg.proprio_dim != dims[cfg.action_space]:
+        raise ValueError("evaluation executes 16 joint targets from 16 joint positions, or 20 "
+                         f"task-space values by IK; the model has action_space={cfg.action_space}, "
+                         f"action_dim={cfg.action_dim}, proprio_dim={cfg.proprio_dim}")
 
 
 def observes_state(model_cfg: ModelConfig) -> bool:
@@ -222,6 +226,17 @@ def run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool = False,
         sim.close()
 
 
+_CODECS: dict = {}
+
+
+def _codec(action_space: str, step_period: float):
+    """One IK decoder per process and action space (building one compiles the robot model)."""
+    key = (action_space, step_period)
+    if key not in _CODECS:
+        _CODECS[key] = action_codec(action_space, step_period)
+    return _CODECS[key]
+
+
 def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
                  sim: ShoeLacingSim) -> EpisodeResult:
     t_start = time.perf_counter()
@@ -244,6 +259,8 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
     lim = driver_limits(sim)
     follower = TrajectoryFollower(len(names), lim.lower, lim.upper)
     target = sim.joint_positions()
+    codec = _codec(mcfg.action_space, cfg.step_period)
+    codec.reset(target)
     follower.hold(target)
     rng = np.random.default_rng([int(cfg.noise_seed), int(seed)])
     control_dt = 1.0 / cfg.control_rate
@@ -267,13 +284,14 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
                     q = sim.joint_positions()
                     t0 = time.perf_counter()
                     try:
+                        own = codec.proprio(q)          # the model's proprioception
                         if state_obs:
                             obs, proprio = build_observation(
-                                mcfg, instruction, q,
+                                mcfg, instruction, own,
                                 state=state_vector(sim.lace_points(), *eyelet, params.shoe_yaw))
                         else:
                             obs, proprio = build_observation(
-                                mcfg, instruction, q, images={c: sim.render(c) for c in CAMERAS})
+                                mcfg, instruction, own, images={c: sim.render(c) for c in CAMERAS})
                         draw = rng.standard_normal((mcfg.horizon, mcfg.action_dim)).astype(np.float32)
                         noise = None if cfg.steer else draw
                         chunk = policy.infer(obs, proprio, steer=cfg.steer, noise=noise,
@@ -288,14 +306,15 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
                     finally:
                         infer_s += time.perf_counter() - t0
                     try:
-                        plan = executor.plan(chunk.actions, t, executor.state_at(t, measured=q))
-                    except ChunkExecutorError as e:
+                        joints = codec.joints(chunk.actions, q)
+                        plan = executor.plan(joints, t, executor.state_at(t, measured=q))
+                    except (ChunkExecutorError, ValueError) as e:
                         reason = f"optimizer error: {e}"
                         break
                     chunks += 1
                     if rec is not None:
                         rec["obs"].append(obs["state"][0].numpy() if state_obs else obs["images"][0].numpy())
-                        rec["proprio"].append(np.asarray(q, np.float32))
+                        rec["proprio"].append(np.asarray(own, np.float32))
                         rec["actions"].append(chunk.actions)
                         rec["noise"].append(chunk.noise)
                         rec["steered"].append(chunk.steered)
@@ -330,7 +349,7 @@ def _run_episode(policy: Policy, seed: int, cfg: EvalConfig, video: bool,
         q = sim.joint_positions()
         rec["final_obs"] = [state_vector(sim.lace_points(), *eyelet, params.shoe_yaw) if state_obs
                             else np.stack([sim.render(c) for c in CAMERAS])]
-        rec["final_proprio"] = [np.asarray(q, np.float32)]
+        rec["final_proprio"] = [np.asarray(codec.proprio(q), np.float32)]
         rec["t_end"] = [t_end]
     elif rec is not None:
         rec = None                # nothing usable to learn from (no decision, or a blow-up)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bytemini_driver.sim_state import mirror_state
+from grrl_policy.task_space import mirror_task
 from grrl_trainer import keys
 
 M = np.diag([1.0, -1.0, 1.0])
@@ -98,6 +99,7 @@ _FIELD_MAPS = {
     keys.STATE_TCP: mirror_tcp, keys.ACTION_TCP: mirror_tcp,
     keys.STATE_GRIPPER: mirror_sides, keys.ACTION_GRIPPER: mirror_sides,
     keys.STATE_SIM: mirror_state,
+    keys.STATE_TASK: mirror_task, keys.ACTION_TASK: mirror_task,
 }
 
 

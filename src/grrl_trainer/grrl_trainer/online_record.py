@@ -175,12 +175,14 @@ def _state(msg: Any) -> np.ndarray:
 
 def read_record(record_dir: str | Path, gamma: float, step_period: float = 0.1,
                 horizon: int | None = None, observation: str = "state", robot: str = "",
-                end_event: Any = None):
+                end_event: Any = None, action_space: str = "joint"):
     """(OnlineEpisode, RecordInfo) of a closed record; see the module docstring.
 
     ``horizon``: the model's chunk length k (offsets are clipped to 1..k; None: the chunks'
     own ``horizon``). ``observation``: "state" or "images". ``end_event``: the final
-    EpisodeEvent as received over DDS, used if the record lacks it."""
+    EpisodeEvent as received over DDS, used if the record lacks it. ``action_space``: the
+    model's; 'task' turns the recorded joint states into its proprioception (FK)."""
+    from grrl_policy.task_space import action_codec
     from rosbags.rosbag2 import Reader
 
     from bytemini_driver import description as desc
@@ -284,13 +286,14 @@ def read_record(record_dir: str | Path, gamma: float, step_period: float = 0.1,
     k, dim = int(used[0].horizon), int(used[0].action_dim)
     period = float(used[0].step_period) or step_period
     names = desc.actuated_joint_names()
+    codec = action_codec(action_space, period)
 
     def observe(t: float, what: str) -> tuple[np.ndarray, np.ndarray]:
         j = joints.nearest(t, SYNC_TOLERANCE)
         if j is None:
             raise RecordError(f"episode {episode_id}: no joint state at the stamp of {what} "
                               f"(t = {t:.3f} s; missing transitions)")
-        proprio = _joint_vector(joints.msg(j), names)
+        proprio = codec.proprio(_joint_vector(joints.msg(j), names))
         if observation == "state":
             i = tasks.nearest(t, SYNC_TOLERANCE)
             if i is None:
@@ -345,7 +348,8 @@ def read_record(record_dir: str | Path, gamma: float, step_period: float = 0.1,
 
 def episode_from_record(record_dir: str | Path, gamma: float, step_period: float = 0.1,
                         horizon: int | None = None, observation: str = "state",
-                        robot: str = "", end_event: Any = None):
+                        robot: str = "", end_event: Any = None, action_space: str = "joint"):
     """The :class:`~grrl_trainer.replay.OnlineEpisode` of a closed episode record (see
     :func:`read_record`); raises :class:`RecordError` / :class:`NotTrainable`."""
-    return read_record(record_dir, gamma, step_period, horizon, observation, robot, end_event)[0]
+    return read_record(record_dir, gamma, step_period, horizon, observation, robot, end_event,
+                       action_space)[0]

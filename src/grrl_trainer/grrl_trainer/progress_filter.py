@@ -43,14 +43,15 @@ def dataset_progress(model: GRRLModel, kind: str, reduce: str, dataset: EpisodeD
     obs_mode = observation_of(model)
     win = TransitionWindows(dataset, WindowConfig(horizon=model.cfg.horizon, hindsight=False,
                                                   images=obs_mode == "images",
-                                                  state=obs_mode == "state"))
+                                                  state=obs_mode == "state",
+                                                  task_space=model.cfg.action_space == "task"))
     out: dict[int, list[np.ndarray]] = {s.episode: [] for s in win.segments}
     n = len(win)
     start = time.perf_counter()
     bar = tqdm(total=n, desc="progress", unit="tr", disable=not progress)
     for lo in range(0, n, batch_size):
         samples = [win[i] for i in range(lo, min(lo + batch_size, n))]
-        b = collate(samples, obs_mode)
+        b = collate(samples, obs_mode, model.cfg.action_space)
         rho = critic_progress(model, b["obs"], b["proprio"], b["actions"], kind, reduce, position).numpy()
         if not np.isfinite(rho).all():
             raise ValueError("the critic produced non-finite progress: it diverged; retrain it")

@@ -190,7 +190,8 @@ class TrainerNode(Node):
             wait_for_record(msg.record_path, self.record_timeout, stop=self.core.stop)
             ep, info = read_record(msg.record_path, self.cfg.gamma, self.step_period,
                                    self.core.model_cfg.horizon, self.core.obs_key, robot,
-                                   end_event=msg)
+                                   end_event=msg,
+                                   action_space=self.core.model_cfg.action_space)
         except NotTrainable as exc:
             self._reject(eid, robot, str(exc), False)
             return self._maybe_finish()

@@ -60,6 +60,8 @@ class WindowConfig:
     """add the dataset's next chunk a_{t+j:t+j+k} (SARSA-style critic targets)"""
     preload: bool = True
     """keep every non-image array in memory after its first read (a few MB per 100 episodes)"""
+    task_space: bool = False
+    """add task-space proprioception and actions (grrl_policy.task_space) for 'task' models"""
 
     def __post_init__(self) -> None:
         if self.next_offset not in ("chunk", "random"):
@@ -78,6 +80,23 @@ class Segment:
     length: int         # T: steps 0..T-1
     success: bool
     hindsight: bool
+
+
+_DECODER = None
+
+
+def episode_task_arrays(dataset: EpisodeDataset, ep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Task-space proprioception (T, 20), by forward kinematics of the recorded joint positions
+    (what the policy computes from a joint state at run time), and actions (T, 20) from the
+    commanded tcp poses and grippers."""
+    global _DECODER
+    from grrl_policy.task_space import TaskSpaceDecoder, task_vector
+    if _DECODER is None:
+        _DECODER = TaskSpaceDecoder()
+    q = dataset.load(ep, keys.STATE_JOINTS)
+    proprio = np.stack([_DECODER.proprio(x) for x in q]).astype(np.float32)
+    actions = task_vector(dataset.load(ep, keys.ACTION_TCP), dataset.load(ep, keys.ACTION_GRIPPER))
+    return proprio, actions
 
 
 class TransitionWindows:
@@ -154,8 +173,18 @@ class TransitionWindows:
             arr = self._memory[(ep, key)] = self.data.load(ep, key)
         return arr[index]
 
+    def _task(self, ep: int, key: str, index: Any) -> np.ndarray:
+        arr = self._memory.get((ep, key))
+        if arr is None:
+            proprio, actions = episode_task_arrays(self.data, ep)
+            self._memory[(ep, keys.STATE_TASK)], self._memory[(ep, keys.ACTION_TASK)] = proprio, actions
+            arr = self._memory[(ep, key)]
+        return arr[index]
+
     def _obs(self, ep: int, t: int) -> dict[str, Any]:
         out = {k: self._load(ep, k, t) for k in STATE_KEYS}
+        if self.config.task_space:
+            out[keys.STATE_TASK] = self._task(ep, keys.STATE_TASK, t)
         if self.config.images:
             for k in keys.IMAGE_KEYS:
                 out[k] = self.data.load(ep, k, t)
@@ -166,9 +195,13 @@ class TransitionWindows:
                                                *self._scene_cache[ep])
         return out
 
+    def _action_keys(self) -> tuple[str, ...]:
+        return ACTION_KEYS + ((keys.ACTION_TASK,) if self.config.task_space else ())
+
     def _chunk(self, ep: int, key: str, t: int, T: int) -> np.ndarray:
         k = self.config.horizon
-        chunk = self._load(ep, key, slice(t, min(t + k, T)))
+        load = self._task if key == keys.ACTION_TASK else self._load
+        chunk = load(ep, key, slice(t, min(t + k, T)))
         if len(chunk) < k:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], k - len(chunk), axis=0)])
         return chunk
@@ -179,7 +212,7 @@ class TransitionWindows:
         cfg = self.config
         k, T, ep = cfg.horizon, seg.length, seg.episode
         sample: dict[str, Any] = self._obs(ep, t)
-        for key in ACTION_KEYS:
+        for key in self._action_keys():
             sample[key] = self._chunk(ep, key, t, T)
         sample["action_mask"] = np.arange(t, t + k) < T
         j = k if cfg.next_offset == "chunk" else \
@@ -192,7 +225,7 @@ class TransitionWindows:
         for key, value in self._obs(ep, t_next).items():
             sample[NEXT + key] = value
         if cfg.next_actions:
-            for key in ACTION_KEYS:
+            for key in self._action_keys():
                 sample[NEXT + key] = self._chunk(ep, key, t_next, T)
         meta = self.data.episodes[ep]
         sample[keys.INSTRUCTION] = meta["instruction"]

@@ -1,0 +1,306 @@
+"""``grrl-reproduce``: the paper's whole ladder in the simulator, in one resumable command.
+
+    grrl-reproduce --out runs/reproduce [--size default|small|smoke] [--observation state|images]
+                   [--publish docs/results/reproduce] [--ship checkpoints/grrl_sim]
+
+1. collect flawed demonstrations (the demonstrator of ``bytemini_driver.demonstrator``);
+2. train the task-progress critic (TD3+BC, section 3.1) and filter the data with it;
+3. behaviour cloning on all / filtered / filtered + mirrored data (section 3.2; the three BC
+   runs train side by side, ``parallel`` at a time);
+4. online steering RL of the filtered + mirrored policy (section 3.3): critic warm-up rollouts,
+   then rounds of steered episodes and updates;
+5. evaluation of every rung on the same held-out seeds (Wilson 95% intervals, stage funnel);
+6. the results table, the ladder (Fig. 5 left), the online curve (Fig. 5 right) and the stage
+   funnel (Fig. 6) in ``OUT/results`` (and ``--publish``); ``--ship`` copies the final policy.
+
+Every stage resumes: a killed run continues where it stopped when the same command is run again
+(collection skips stored episodes, training resumes from its last checkpoint, finished
+evaluations are read back).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("grrl-reproduce")
+RUNGS = ("BC all", "BC filtered", "BC filtered + mirror", "+ online RL")
+
+
+@dataclass
+class ReproduceConfig:
+    """Sizes of a reproduction (``--size`` picks a row of :data:`SIZES`; flags override)."""
+
+    preset: str = "tiny-state-task"
+    """model preset of critic and policies (grrl_policy.model.preset)"""
+    demos: int = 300
+    """flawed demonstrations to collect (seeds 0..demos-1)"""
+    left_bias: float = 0.8
+    """share of demonstrations that lace the left end (what mirroring has to make up for)"""
+    critic_model: str = '{"tiny": {"width": 64, "layers": 2, "head_dim": 16}, "expert": {"width": 64, "mlp_ratio": 2.0}}'
+    """JSON overrides of the preset for the filtering critic (a smaller model: it only ranks
+    the demonstrations, and TD3+BC trains three heads)"""
+    critic_steps: int = 3000
+    delta: float = 0.05
+    """filter threshold on the progress drop within rho_{t:t+k}"""
+    bc_steps: int = 4000
+    bc_lr: float = 5e-4
+    batch_size: int = 256
+    parallel: int = 2
+    """BC runs trained at once (one torch thread each)"""
+    eval_episodes: int = 100
+    eval_first_seed: int = 10_000
+    online_episodes: int = 144
+    """online RL episodes (the paper's target: within 150)"""
+    episodes_per_round: int = 12
+    updates_per_round: int = 50
+    warmup_episodes: int = 48
+    warmup_updates: int = 300
+    workers: int = 2
+    """simulation worker processes (collection, rollouts, evaluation)"""
+    time_limit: float = 60.0
+    """simulated seconds per episode"""
+    observation: str = "state"
+    """'state' (simulator state) or 'images' (three 128x128 cameras: the image model)"""
+    seed: int = 0
+
+
+SIZES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": dict(demos=60, critic_steps=600, bc_steps=800, eval_episodes=30, online_episodes=24,
+                  warmup_episodes=12, warmup_updates=60, updates_per_round=20),
+    "smoke": dict(demos=3, critic_steps=4, bc_steps=4, eval_episodes=2, online_episodes=2,
+                  episodes_per_round=1, updates_per_round=2, warmup_episodes=1, warmup_updates=2,
+                  batch_size=16, time_limit=2.0, workers=1, parallel=1),
+}
+
+
+def _bc_job(args: tuple[str, str, Any]) -> str:
+    """One BC run in a worker process (one torch thread: the runs share the cores)."""
+    import torch
+
+    from grrl_trainer.bc import train_bc
+    torch.set_num_threads(1)
+    data, run_dir, cfg = args
+    return str(train_bc(data, run_dir, cfg, progress=False))
+
+
+def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress: bool) -> dict:
+    from grrl_trainer.evaluate import EvalConfig, evaluate
+    report_path = edir / "eval.json"
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        if report.get("episodes") == cfg.eval_episodes and report.get("checkpoint") == ckpt:
+            return report
+    ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
+                      workers=cfg.workers, time_limit=cfg.time_limit, steer=steer,
+                      out_dir=str(edir))
+    return evaluate(ckpt, ecfg, progress=progress)
+
+
+def plot_funnel(reports: dict[str, dict], out: Path) -> Path:
+    """Share of episodes reaching each stage, per rung (the paper's Fig. 6)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    stages = list(next(iter(reports.values()))["funnel"])
+    width = 0.8 / len(reports)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, (name, r) in enumerate(reports.items()):
+        ax.bar(np.arange(len(stages)) + i * width, [100 * r["funnel"][s] for s in stages],
+               width, label=name)
+    ax.set_xticks(np.arange(len(stages)) + width * (len(reports) - 1) / 2, stages)
+    ax.set_ylabel("episodes reaching the stage (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    from grrl_critic.filtering import FilterConfig
+    from grrl_critic.td3bc import TD3BCConfig
+    from grrl_trainer.bc import VARIANTS, BCConfig
+    from grrl_trainer.collect import CollectConfig, collect
+    from grrl_trainer.critic_train import CriticRunConfig, plot_filtered, train_critic
+    from grrl_trainer.offline import plot_ladder, rung_table
+    from grrl_trainer.online import OnlineConfig, run_online
+    from grrl_trainer.progress_filter import run_filter
+
+    if cfg.observation not in ("state", "images"):
+        raise ValueError(f"observation must be 'state' or 'images', got {cfg.observation!r}")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "reproduce_config.json"
+    if saved.exists() and json.loads(saved.read_text()) != dataclasses.asdict(cfg):
+        raise ValueError(f"{out} holds a reproduction with another configuration "
+                         f"(see {saved}); use another --out or the same settings")
+    saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    timings: dict[str, float] = {}
+    t_all = time.time()
+
+    def stage(name: str):
+        LOG.info("== %s", name)
+        return time.time()
+
+    # 1. demonstrations
+    t = stage("demonstrations")
+    data = Path(data).resolve() if data else out / "demos"
+    if not (data / "info.json").exists() or len(list((data / "episodes").glob("*"))) < cfg.demos:
+        ccfg = CollectConfig(images=cfg.observation == "images", left_bias=cfg.left_bias,
+                             time_limit=max(cfg.time_limit, 60.0))
+        collect(data, ccfg, list(range(cfg.demos)), cfg.workers, progress=progress)
+    timings["demonstrations"] = time.time() - t
+
+    # 2. critic and filter
+    t = stage("critic")
+    critic = train_critic(data, out / "critic", CriticRunConfig(
+        preset=cfg.preset, model=json.loads(cfg.critic_model or "{}"), steps=cfg.critic_steps,
+        batch_size=cfg.batch_size, seed=cfg.seed, td3bc=TD3BCConfig()), progress=progress)
+    timings["critic"] = time.time() - t
+    t = stage("filter")
+    filt = out / "filter.npz"
+    if not filt.exists() or json.loads(filt.with_suffix(".json").read_text())["config"]["delta"] != cfg.delta:
+        filt, _ = run_filter(critic, data, filt, FilterConfig(delta=cfg.delta), progress=progress)
+        plot_filtered(data, filt, 6, out / "fig3_progress_filter.png")
+    summary = json.loads(filt.with_suffix(".json").read_text())
+    timings["filter"] = time.time() - t
+
+    # 3. behaviour cloning, the three variants side by side
+    t = stage("behaviour cloning")
+    jobs = [(str(data), str(out / f"bc_{v}"), BCConfig(
+        preset=cfg.preset, variant=v, filter=str(filt) if v != "all" else "", steps=cfg.bc_steps,
+        lr=cfg.bc_lr, batch_size=cfg.batch_size, seed=cfg.seed, workers=0, threads=1))
+        for v in VARIANTS]
+    if cfg.parallel > 1:
+        with cf.ProcessPoolExecutor(cfg.parallel, mp_context=mp.get_context("spawn")) as pool:
+            policies = dict(zip(VARIANTS, pool.map(_bc_job, jobs)))
+    else:
+        policies = {v: _bc_job(j) for v, j in zip(VARIANTS, jobs)}
+    timings["bc"] = time.time() - t
+
+    # 4. online steering RL from the filtered + mirrored policy
+    t = stage("online RL")
+    online = run_online(policies["filtered_mirror"], out / "online", OnlineConfig(
+        episodes=cfg.online_episodes, episodes_per_round=cfg.episodes_per_round,
+        updates_per_round=cfg.updates_per_round, warmup_episodes=cfg.warmup_episodes,
+        warmup_updates=cfg.warmup_updates, workers=cfg.workers, time_limit=cfg.time_limit,
+        seed=cfg.seed), progress=progress)
+    timings["online"] = time.time() - t
+
+    # 5. every rung on the same held-out seeds
+    t = stage("evaluation")
+    reports = {}
+    for name, variant in zip(RUNGS[:3], VARIANTS):
+        reports[name] = _evaluate(policies[variant], out / f"eval_{variant}", cfg, False, progress)
+    reports[RUNGS[3]] = _evaluate(online["final_checkpoint"], out / "eval_online", cfg, True, progress)
+    timings["evaluation"] = time.time() - t
+
+    # 6. results
+    res = out / "results"
+    res.mkdir(exist_ok=True)
+    table = rung_table(reports)
+    plot_ladder(reports, res / "ladder.png",
+                f"{cfg.eval_episodes} held-out seeds from {cfg.eval_first_seed}; 95% Wilson intervals")
+    plot_funnel(reports, res / "funnel.png")
+    shutil.copy(out / "online" / "online.png", res / "online_curve.png")
+    shutil.copy(out / "online" / "online.csv", res / "online.csv")
+    if (out / "fig3_progress_filter.png").exists():
+        shutil.copy(out / "fig3_progress_filter.png", res / "fig3_progress_filter.png")
+    results = {
+        "config": dataclasses.asdict(cfg), "machine": machine(), "timings_s": timings,
+        "total_s": time.time() - t_all, "filter": summary,
+        "online": {"episodes": online["episodes"], "version": online["version"],
+                   "warmup_success": online.get("warmup_success"),
+                   "success_during_training": sum(e["success"] for e in online["log"]) / max(1, len(online["log"]))},
+        "rungs": {k: {key: v[key] for key in ("success_rate", "success_ci95", "successes",
+                                               "episodes", "funnel", "failure_reasons")}
+                  for k, v in reports.items()},
+        "checkpoints": {**{RUNGS[i]: Path(policies[v]).name and str(Path(policies[v]).relative_to(out))
+                           for i, v in enumerate(VARIANTS)},
+                        RUNGS[3]: str(Path(online["final_checkpoint"]).relative_to(out))},
+        "table": table,
+    }
+    (res / "results.json").write_text(json.dumps(results, indent=1))
+    (res / "results.md").write_text(table + "\n")
+    return results
+
+
+def ship(checkpoint: str | Path, dest: str | Path) -> Path:
+    """Copy a checkpoint (NAME.safetensors + NAME.json) to ``dest`` (a NAME path), verified."""
+    from grrl_policy.checkpoint import verify_files
+    src, dest = Path(checkpoint), Path(dest)
+    verify_files(src)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(src.with_suffix(suffix), dest.with_suffix(suffix))
+    verify_files(dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="grrl-reproduce", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a run)")
+    p.add_argument("--size", choices=sorted(SIZES), default="default",
+                   help="default: about 3 h on a 2-core CPU; small: a quarter hour; smoke: a minute")
+    p.add_argument("--data", default="", help="use these demonstrations instead of collecting")
+    p.add_argument("--publish", default="", help="also copy OUT/results to this directory")
+    p.add_argument("--ship", default="", help="copy the final policy to this checkpoint path")
+    p.add_argument("--quiet", action="store_true")
+    base = ReproduceConfig()
+    for name, value in dataclasses.asdict(base).items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=None,
+                       help=f"(default of --size default: {value})")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    cfg = replace(base, **SIZES[args.size])
+    cfg = replace(cfg, **{k: getattr(args, k) for k in dataclasses.asdict(base)
+                          if getattr(args, k) is not None})
+    if cfg.observation == "images" and args.preset is None:
+        cfg = replace(cfg, preset="tiny-task")
+    try:
+        results = reproduce(args.out, cfg, args.data or None, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("grrl-reproduce: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"grrl-reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    res = Path(args.out) / "results"
+    if args.publish:
+        shutil.copytree(res, args.publish, dirs_exist_ok=True)
+    if args.ship:
+        final = Path(args.out).resolve() / results["checkpoints"][RUNGS[3]]
+        print(f"shipped {ship(final, args.ship)}")
+    print(f"reproduction done in {results['total_s'] / 3600:.2f} h")
+    print(results["table"])
+    print(f"results: {res}" + (f" (published to {args.publish})" if args.publish else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
