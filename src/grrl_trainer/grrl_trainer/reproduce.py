@@ -36,6 +36,8 @@ from typing import Any
 
 LOG = logging.getLogger("grrl-reproduce")
 RUNGS = ("BC all", "BC filtered", "BC filtered + mirror", "+ online RL")
+RUNTIME = ("device", "workers", "parallel")
+"""settings a resumed reproduction may change (where it runs, not what it computes)"""
 
 
 @dataclass
@@ -71,6 +73,9 @@ class ReproduceConfig:
     """simulation worker processes (collection, rollouts, evaluation)"""
     time_limit: float = 60.0
     """simulated seconds per episode"""
+    device: str = "cpu"
+    """torch device of the training stages (critic, BC, online learner); rollouts and
+    evaluations run on CPU worker processes"""
     observation: str = "state"
     """'state' (simulator state) or 'images' (three 128x128 cameras: the image model)"""
     seed: int = 0
@@ -154,7 +159,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "reproduce_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != dataclasses.asdict(cfg):
+    what = lambda d: {k: v for k, v in d.items() if k not in RUNTIME}   # noqa: E731
+    if saved.exists() and what(json.loads(saved.read_text())) != what(dataclasses.asdict(cfg)):
         raise ValueError(f"{out} holds a reproduction with another configuration "
                          f"(see {saved}); use another --out or the same settings")
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -178,7 +184,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     t = stage("critic")
     critic = train_critic(data, out / "critic", CriticRunConfig(
         preset=cfg.preset, model=json.loads(cfg.critic_model or "{}"), steps=cfg.critic_steps,
-        batch_size=cfg.batch_size, seed=cfg.seed, td3bc=TD3BCConfig()), progress=progress)
+        batch_size=cfg.batch_size, seed=cfg.seed, td3bc=TD3BCConfig(), device=cfg.device),
+        progress=progress)
     timings["critic"] = time.time() - t
     t = stage("filter")
     filt = out / "filter.npz"
@@ -192,7 +199,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     t = stage("behaviour cloning")
     jobs = [(str(data), str(out / f"bc_{v}"), BCConfig(
         preset=cfg.preset, variant=v, filter=str(filt) if v != "all" else "", steps=cfg.bc_steps,
-        lr=cfg.bc_lr, batch_size=cfg.batch_size, seed=cfg.seed, workers=0, threads=1))
+        lr=cfg.bc_lr, batch_size=cfg.batch_size, seed=cfg.seed, workers=0, threads=1,
+        device=cfg.device))
         for v in VARIANTS]
     if cfg.parallel > 1:
         with cf.ProcessPoolExecutor(cfg.parallel, mp_context=mp.get_context("spawn")) as pool:
@@ -207,7 +215,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         episodes=cfg.online_episodes, episodes_per_round=cfg.episodes_per_round,
         updates_per_round=cfg.updates_per_round, warmup_episodes=cfg.warmup_episodes,
         warmup_updates=cfg.warmup_updates, workers=cfg.workers, time_limit=cfg.time_limit,
-        seed=cfg.seed), progress=progress)
+        seed=cfg.seed, device=cfg.device), progress=progress)
     timings["online"] = time.time() - t
 
     # 5. every rung on the same held-out seeds
