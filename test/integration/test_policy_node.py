@@ -178,3 +178,48 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
     finally:
         robot.stop = True
         robot.thread.join(timeout=2)
+
+
+def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_node, tmp_path):
+    """A 'tiny-state-task' checkpoint: state in from TaskState, 20 task-space values out, IK to
+    joint targets in the node; every command within the limits, the robot moves."""
+    import torch
+
+    from grrl_interfaces.msg import ActionChunk
+    from grrl_policy.checkpoint import save_checkpoint
+    from grrl_policy.model import GRRLModel, preset
+    from grrl_policy.task_space import TaskSpaceDecoder, task_names
+    from bytemini_driver.sim import ShoeLacingSim
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    torch.manual_seed(0)
+    model = GRRLModel(preset("tiny-state-task"))
+    sim = ShoeLacingSim()
+    home = TaskSpaceDecoder().proprio(sim.home_q)
+    sim.close()
+    # a fresh model's chunks scatter ~2 cm around the home poses: reachable, but not still
+    std = torch.full((20,), 0.02)
+    model.normalizer.set("action", torch.from_numpy(home), std)
+    model.normalizer.set("proprio", torch.from_numpy(home), std)
+    save_checkpoint(model, tmp_path / "task", version=1)
+
+    chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
+    commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
+    states = ros_node.collect(JointState, "bytemini/joint_states")
+    launch = processes.launch(str(LAUNCH), "controller:=policy", "publish_images:=false",
+                              f"checkpoint:={tmp_path / 'task.safetensors'}", "episodes:=1",
+                              "seed:=3", "time_limit:=8", "record:=false")
+    code = launch.wait(180)
+    out = launch.output
+    assert code == 0, out[-3000:]
+    assert "rejected command" not in out, out[-3000:]
+    holds = [ln for ln in out.splitlines() if "holding:" in ln and "episode ended" not in ln]
+    assert not holds, holds
+    assert len(chunks) >= 3, out[-3000:]
+    c = chunks[-1]
+    assert (c.horizon, c.action_dim) == (16, 20) and list(c.dimension_names) == task_names()
+    assert {ch.policy_version for ch in chunks} == {1}
+    assert len(commands) >= len(chunks) and assert_within_limits(commands) >= 16 * len(chunks)
+    q = np.array([s.position for s in states])
+    assert np.abs(q - q[0]).max() > 0.01

@@ -53,7 +53,7 @@ class ReproduceConfig:
     critic_model: str = '{"tiny": {"width": 64, "layers": 2, "head_dim": 16}, "expert": {"width": 64, "mlp_ratio": 2.0}}'
     """JSON overrides of the preset for the filtering critic (a smaller model: it only ranks
     the demonstrations, and TD3+BC trains three heads)"""
-    critic_steps: int = 3000
+    critic_steps: int = 2000
     delta: float = 0.05
     """filter threshold on the progress drop within rho_{t:t+k}"""
     bc_steps: int = 4000
@@ -71,8 +71,8 @@ class ReproduceConfig:
     warmup_updates: int = 300
     workers: int = 2
     """simulation worker processes (collection, rollouts, evaluation)"""
-    time_limit: float = 60.0
-    """simulated seconds per episode"""
+    time_limit: float = 40.0
+    """simulated seconds per episode (the longest demonstration takes 28 s)"""
     device: str = "cpu"
     """torch device of the training stages (critic, BC, online learner); rollouts and
     evaluations run on CPU worker processes"""

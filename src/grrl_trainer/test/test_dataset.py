@@ -174,3 +174,35 @@ def test_kill_9_during_collection_then_resume(tmp_path: Path):
     assert files == ["ep_000000.h5", "ep_000001.h5", "ep_000002.h5"]
     assert "collected" in done.stdout
     assert len(EpisodeDataset(tmp_path, strict=True)) == 3
+
+
+def test_task_space_windows_collate_and_statistics(tiny: Path):
+    """'task' models train on FK of the recorded joints (what they see at run time) and on the
+    commanded tcp poses; mirroring a task-space sample is mirroring its robot."""
+    from grrl_policy.task_space import TASK_DIM, TaskSpaceDecoder, mirror_task, task_vector
+    from grrl_trainer.batches import collate, normalization_stats
+    ds = EpisodeDataset(tiny)
+    win = TransitionWindows(ds, WindowConfig(horizon=3, images=False, task_space=True))
+    s = win[2]
+    dec = TaskSpaceDecoder()
+    np.testing.assert_allclose(s[keys.STATE_TASK], dec.proprio(ds.load(0, keys.STATE_JOINTS, 2)),
+                               atol=1e-6)
+    np.testing.assert_allclose(s[keys.ACTION_TASK], task_vector(
+        ds.load(0, keys.ACTION_TCP, slice(2, 5)), ds.load(0, keys.ACTION_GRIPPER, slice(2, 5))))
+    m = TransitionWindows(ds, WindowConfig(horizon=3, images=False, task_space=True,
+                                           mirror_prob=1.0))[2]
+    np.testing.assert_allclose(m[keys.STATE_TASK], mirror_task(s[keys.STATE_TASK]))
+    np.testing.assert_allclose(m[keys.ACTION_TASK], mirror_task(s[keys.ACTION_TASK]))
+    samples = [win[i] for i in range(4)]
+    for smp in samples:
+        smp[keys.STATE_SIM] = np.zeros(42, np.float32)
+        smp["next." + keys.STATE_SIM] = np.zeros(42, np.float32)
+    b = collate(samples, "state", "task")
+    assert b["proprio"].shape == (4, TASK_DIM) and b["actions"].shape == (4, 3, TASK_DIM)
+    stats = normalization_stats(ds, space="task")
+    mean, std = stats["action"]
+    assert mean.shape == (TASK_DIM,) and np.isfinite(std).all()
+    # pooled with the mirror image: the mean of a mirror-odd component (y) is zero
+    assert abs(mean[1] + mean[11]) < 1e-5
+    with pytest.raises(ValueError, match="action space"):
+        collate(samples, "state", "cartesian")
