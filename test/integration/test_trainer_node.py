@@ -134,7 +134,12 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
         assert by_episode.get(r.episode_id) == {1}, by_episode
     for r in second:
         assert by_episode.get(r.episode_id) == {2}, by_episode
-    assert all(c.noise_steered for c in list(chunks))
+    # the offline checkpoint is acted with epsilon ~ N(0, I) (warm-up), the trainer's steered
+    steered: dict[int, set] = {}
+    for c in list(chunks):
+        steered.setdefault(c.policy_version, set()).add(c.noise_steered)
+    assert steered.get(1) == {False} and steered.get(2) == {True}, steered
+    said(policy_node, "acting with epsilon ~ N(0, I) (warm-up)")
     rows = list(csv.DictReader(open(run / "online.csv")))
     assert [(r["episode_id"], int(r["version"])) for r in rows] == \
         [(r.episode_id, 1) for r in first] + [(r.episode_id, 2) for r in second]
@@ -218,3 +223,66 @@ def test_a_refused_checkpoint_is_reported_to_the_trainer(start_node, ros_node, t
     assert text.startswith("[ERROR]") and "model config differs" in text, text
     assert "training goes on" in text
     assert trainer.proc.poll() is None, trainer.output[-3000:]
+
+
+def synthetic_episode(i: int, rng, version: int = 1):
+    from bytemini_driver.sim_state import STATE_DIM
+    from grrl_trainer.replay import OnlineEpisode
+    n = 3
+    return OnlineEpisode(
+        episode_id=f"ep-{i:06d}-synthetic", robot="sim", policy_version=version,
+        instruction="thread the left lace end", success=bool(i % 2),
+        observations={"proprio": rng.normal(size=(n + 1, 16)).astype(np.float32),
+                      "state": rng.normal(size=(n + 1, STATE_DIM)).astype(np.float32)},
+        actions=rng.normal(size=(n, 8, 16)).astype(np.float32),
+        noise=rng.normal(size=(n, 8, 16)).astype(np.float32),
+        steered=np.ones(n, bool),
+        reward=np.where(np.arange(n) == n - 1, float(i % 2), 0.0).astype(np.float32),
+        done=np.arange(n) == n - 1, offset=np.full(n, 8))
+
+
+def test_kill_9_of_the_trainer_node_mid_round_loses_and_doubles_nothing(start_node, tmp_path):
+    """Two stored episodes make a round due; the node starts it, is SIGKILLed in the middle,
+    and a restarted node runs the round again from the saved state: version 2 once, each
+    episode counted once, the buffers intact."""
+    import torch
+
+    from grrl_policy.checkpoint import load_checkpoint
+    from grrl_trainer.online import OnlineTrainer, StreamConfig
+    from grrl_trainer.replay import ReplayBuffers
+
+    policy = small_checkpoint(tmp_path / "bc")
+    run = tmp_path / "online"
+    params = dict(episodes_per_round=2, updates_per_round=1000, batch_size=16)
+    rng = np.random.default_rng(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        core = OnlineTrainer(policy, run, StreamConfig(**params))
+        for i in range(2):
+            core.add(synthetic_episode(i, rng))
+        assert core.due() == "round"
+        core.close()
+    finally:
+        torch.set_num_threads(threads)
+    trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                         **params)
+    said(trainer, "round: 1000 updates on", 90)
+    trainer.proc.kill()                                   # SIGKILL, mid-round
+    assert trainer.proc.wait(30) == -9
+    assert not (run / "checkpoints" / "v0002.json").exists()
+    again = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                       **params)
+    said(again, "at version 1 (resumed: 2 online episodes)", 90)
+    done = said(again, "round done in", 240)
+    assert "version 2 (2 new episodes" in done, done
+    assert again.stop() == 0
+    rows = list(csv.DictReader(open(run / "online.csv")))
+    assert sorted(r["episode_id"] for r in rows) == ["ep-000000-synthetic", "ep-000001-synthetic"]
+    model, meta = load_checkpoint(str(run / "checkpoints" / "v0002"))
+    assert meta.version == 2 and meta.extra["steerable"]
+    buffers = ReplayBuffers(run / "replay")
+    try:
+        assert buffers.stats()["episodes"] == 2
+    finally:
+        buffers.close()

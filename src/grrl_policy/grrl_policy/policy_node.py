@@ -21,7 +21,10 @@ otherwise, and on any model or optimizer failure, the node logs the reason and c
 thread, verified (sha256, config, shapes) and swapped atomically; a refused one is reported.
 
 With ``steer`` the initial noise is the noise predictor's ε (online RL), plus Gaussian
-exploration of std ``steer_noise_std`` around it; the chunk message carries the noise used.
+exploration of std ``steer_noise_std`` around it, for checkpoints whose predictor was trained
+online (``extra.steerable``); an offline checkpoint is acted with ε ~ N(0, I) even then (the
+paper's warm-up rollouts of the offline policy), until the trainer's first checkpoint is loaded.
+The chunk message carries the noise used and whether it was steered.
 """
 from __future__ import annotations
 
@@ -169,6 +172,7 @@ class PolicyNode(Node):
             f"observes {'the simulator state' if self.state_obs else 'the cameras'}; "
             f"steer={self.steer}{f' (exploration std {self.explore_std})' if self.steer else ''}, "
             f"k={cfg.horizon}, m={self.m}, dt={self.dt})")
+        self._say_steering()
 
     # ---------------------------------------------------------------- inputs
     def on_image(self, cam: str, msg: Image) -> None:
@@ -274,10 +278,11 @@ class PolicyNode(Node):
             obs, proprio = build_observation(self.policy.config, snap.instruction,
                                              self.codec.proprio(snap.q), snap.images, state=state)
             cfg = self.policy.config
+            steer = self.steer and self.policy.steerable
             explore = self.explore_std * self.rng.standard_normal(
                 (cfg.horizon, cfg.action_dim)).astype(np.float32) \
-                if self.steer and self.explore_std > 0 else None
-            chunk = self.policy.infer(obs, proprio, steer=self.steer, steps=self.flow_steps,
+                if steer and self.explore_std > 0 else None
+            chunk = self.policy.infer(obs, proprio, steer=steer, steps=self.flow_steps,
                                       explore=explore)
             joints = self.codec.joints(chunk.actions, snap.q)
             with self.lock:
@@ -372,11 +377,18 @@ class PolicyNode(Node):
             reply.status, reply.version = CheckpointInfo.STATUS_LOADED, meta.version
             reply.message = f"loaded version {meta.version}"
             self.get_logger().info(f"checkpoint {msg.path}: version {meta.version} loaded")
+            self._say_steering()
         except (CheckpointError, OSError, ValueError) as e:
             reply.status, reply.message = CheckpointInfo.STATUS_REFUSED, str(e)
             self.get_logger().error(f"checkpoint refused, keeping version {self.policy.version}: {e}")
         reply.header.stamp = self.get_clock().now().to_msg()
         self.pub_status.publish(reply)
+
+    def _say_steering(self) -> None:
+        if self.steer and not self.policy.steerable:
+            self.get_logger().info(
+                f"version {self.policy.version} has no online-trained noise predictor: acting "
+                "with epsilon ~ N(0, I) (warm-up) until a steerable checkpoint is loaded")
 
     def destroy_node(self) -> None:
         self.closing = True

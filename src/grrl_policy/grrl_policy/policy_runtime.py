@@ -99,6 +99,7 @@ class Policy:
         self._model = model.eval().to(self.device)
         self._version = meta.version if meta else 0
         self._sha = meta.sha256 if meta else ""
+        self._steerable = bool(meta.extra.get("steerable", False)) if meta else False
 
     @classmethod
     def fresh(cls, preset_name: str = "tiny", seed: int = 0, device: str = "cpu") -> "Policy":
@@ -123,6 +124,12 @@ class Policy:
     def sha256(self) -> str:
         return self._sha
 
+    @property
+    def steerable(self) -> bool:
+        """The checkpoint's noise predictor was trained online (``extra.steerable``): steering
+        with it makes sense. Offline (BC) checkpoints are not: their predictor is untrained."""
+        return self._steerable
+
     def swap(self, path: str, expected_sha256: str | None = None) -> CheckpointMeta:
         """Load, verify and atomically install a checkpoint; raises CheckpointError (keeping the
         running model) if anything is wrong, including a model of another shape."""
@@ -134,6 +141,7 @@ class Policy:
         model = model.eval().to(self.device)
         with self._lock:
             self._model, self._version, self._sha = model, meta.version, meta.sha256
+            self._steerable = bool(meta.extra.get("steerable", False))
         log.info("policy version %d installed (%s)", meta.version, meta.sha256[:12])
         return meta
 

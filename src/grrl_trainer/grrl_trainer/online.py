@@ -103,9 +103,12 @@ def checkpoint_path(run_dir: Path, version: int) -> Path:
 
 def write_checkpoint(learner: SteeringLearner, run_dir: Path, version: int,
                      extra: dict[str, Any]) -> tuple[Path, Any]:
-    """The learner's policy as checkpoint ``version``: (path, CheckpointMeta)."""
+    """The learner's policy as checkpoint ``version``: (path, CheckpointMeta). It is marked
+    ``steerable``: its noise predictor went through the learner, so a policy node started with
+    ``steer`` uses it (an offline checkpoint is acted with epsilon ~ N(0, I): the warm-up)."""
     path = checkpoint_path(run_dir, version)
-    meta = save_checkpoint(learner.policy_model(), path, version, {"role": "policy", **extra})
+    meta = save_checkpoint(learner.policy_model(), path, version,
+                           {"role": "policy", "steerable": True, **extra})
     return path, meta
 
 
