@@ -67,7 +67,8 @@ def build(config: str, qwen_path: str, device: torch.device) -> GRRLModel:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grrl-bench policy", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tiny", choices=["tiny", "tiny-state", "qwen2.5-vl-3b"])
+    parser.add_argument("--config", default="tiny", choices=["tiny", "tiny-state", "tiny-state-task",
+                                                             "tiny-task", "qwen2.5-vl-3b"])
     parser.add_argument("--qwen-path", default="", help="local Qwen2.5-VL-3B-Instruct directory")
     parser.add_argument("--iters", type=int, default=50, help="timed calls per measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -113,7 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(stats("optimizer solve (k=%d, D=%d)" % (k, D),
                       timed(lambda: opt.solve(next(it), np.zeros(D), np.zeros(D), np.zeros(D)), args.iters,
                             lambda: None)))
-    if D == 16:
+    if cfg.action_space == "task":
+        # a task-space chunk becomes joint targets by differential IK before the joint QP
+        from bytemini_driver.sim import ShoeLacingSim
+
+        from .task_space import TaskSpaceDecoder
+        sim = ShoeLacingSim()
+        home_q = sim.home_q.copy()
+        sim.close()
+        dec = TaskSpaceDecoder(0.1)
+        home = dec.proprio(home_q)
+        paths = [home + np.cumsum(rng.normal(0, 0.004, (k, D)), axis=0) for _ in range(args.iters)]
+        it_task = iter(paths * 3)
+        rows.append(stats(f"IK decode of a task-space chunk (k={k}, 3 iterations/step)",
+                          timed(lambda: dec.joints(next(it_task), home_q), args.iters, lambda: None)))
+    if cfg.action_space == "task" or D == 16:
         # the node's full post-processing: receding-horizon splice + QP with ByteMini-v2 limits
         from bytemini_driver.description import actuated_joint_limits
         from .chunk_executor import ChunkExecutor, ExecutorConfig, JointLimits
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def replan() -> None:
             t = 0.8 * next(clock)
-            chunk = np.clip(base + np.cumsum(rng.normal(0, 0.05, (k, D)), axis=0), lo, hi)
+            chunk = np.clip(base + np.cumsum(rng.normal(0, 0.05, (k, 16)), axis=0), lo, hi)
             ex.plan(chunk, t, ex.state_at(t, measured=base))
         rows.append(stats("chunk executor plan (splice + QP, robot limits)", timed(replan, args.iters, lambda: None)))
     ratio = float(np.median(uncached) / np.median(cached))
