@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The README's main command: set the workspace up if needed, then run GR-RL in simulation:
-# the simulated ByteMini-v2, the episode node and a controller, for one episode by default.
+# the simulated ByteMini-v2, the episode node and the shipped trained policy
+# (checkpoints/grrl_sim_state, from grrl-reproduce), for one episode by default, printing the
+# result of each episode and the success rate.
 # Launch arguments pass through: ./start.sh episodes:=5 seed:=100 real_time_factor:=0
-# Until a trained policy is shipped the controller is the scripted expert.
+# Naming a controller (controller:=expert, controller:=policy checkpoint:=PATH, ...) replaces
+# the shipped policy.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 scripts/setup.sh || exit 1
 . ./env.sh
-exec grrl-launch grrl_trainer sim.launch.xml "$@"
+shipped=checkpoints/grrl_sim_state.safetensors
+defaults=()
+if [ -f "$shipped" ] && ! printf '%s\n' "$@" | grep -qE '^(controller|checkpoint):='; then
+  defaults=(controller:=policy "checkpoint:=$PWD/$shipped" publish_images:=false)
+fi
+exec grrl-launch grrl_trainer sim.launch.xml "${defaults[@]}" "$@"

@@ -504,17 +504,41 @@ class ChunkExecutor:
     def _solve(self, target: np.ndarray, p0: np.ndarray,
                state: SpliceState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """QP on (k, V) chart targets. OSQP keeps its step size (rho) and warm start from
-        the previous chunk, which can stall on a very different one: retry once, cold."""
+        the previous chunk, which can stall on a very different one: retry once, cold. A
+        splice moving into a position bound faster than the jerk and acceleration limits can
+        stop it makes the QP infeasible: the last try stops those components at the splice
+        (the bound stops them anyway)."""
         k = len(target)
-        for attempt in (0, 1):
+        v0, a0 = state.velocity, state.acceleration
+        for attempt in (0, 1, 2):
             try:
-                return self._optimizer(k).solve(target, p0, state.velocity, state.acceleration)
+                return self._optimizer(k).solve(target, p0, v0, a0)
             except TrajectoryOptimizerError as e:
                 del self._optimizers[k]
+                if attempt == 1:
+                    v0, a0, n = self._stop_at_bounds(p0, v0, a0)
+                    if n:
+                        log.info("trajectory optimization failed (%s); %d component(s) moving "
+                                 "into a position bound stopped at the splice", e, n)
+                        continue
                 if attempt:
                     raise ChunkExecutorError(f"trajectory optimization failed: {e}") from e
                 log.info("trajectory optimization failed (%s); retrying with a fresh solver", e)
         raise AssertionError("unreachable")
+
+    def _stop_at_bounds(self, p0: np.ndarray, v0: np.ndarray, a0: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Velocity/acceleration with the components that cannot stop before their bound
+        (braking distance v^2 / 2 a_max, plus a step at v) set to zero; and how many. A
+        splice faster than the velocity bound is not a plan's state: nothing is changed."""
+        vmax, amax, _ = self._space.rates
+        if np.any(np.abs(v0) > vmax * (1 + 1e-3)):
+            return v0, a0, 0
+        brake = v0 * v0 / (2 * amax) + np.abs(v0) * self.config.dt
+        out_up = (v0 > 0) & (p0 + brake >= self._space.upper)
+        out_lo = (v0 < 0) & (p0 - brake <= self._space.lower)
+        hit = out_up | out_lo
+        return np.where(hit, 0.0, v0), np.where(hit, 0.0, a0), int(hit.sum())
 
     def plan(self, chunk: np.ndarray | TaskSpaceChunk, t_obs: float,
              state: SpliceState) -> Plan:

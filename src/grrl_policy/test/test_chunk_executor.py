@@ -346,3 +346,23 @@ def test_task_space_bad_quaternion_raises():
     bad[3, 0, 3] = np.nan
     with pytest.raises(ChunkExecutorError, match="finite"):
         ex.plan(TaskSpaceChunk(bad, chunk.grippers), 0.0, start)
+
+
+def test_a_splice_moving_into_a_bound_it_cannot_stop_before_is_stopped_not_refused():
+    """At (or just before) a joint's limit while moving towards it, no jerk-limited plan can
+    stay inside the bound: the QP is infeasible. The executor stops that joint at the splice
+    instead of failing (the limit stops it anyway); the plan stays inside every bound."""
+    from grrl_policy.chunk_executor import SpliceState, joint_limits
+    lim = joint_limits(0.8, 4.0, 40.0)
+    ex = ChunkExecutor(lim, ExecutorConfig(dt=0.1, execute_steps=8))
+    base = 0.5 * (lim.lower + lim.upper)
+    for margin, speed in ((0.0, 0.5), (0.01, 0.5), (0.05, 1.0)):
+        p0 = base.copy()
+        p0[0] = lim.upper[0] - margin
+        v0 = np.zeros(16)
+        v0[0] = speed * lim.velocity[0]
+        v0[9] = -0.3 * lim.velocity[9]                # a joint far from its bounds keeps moving
+        plan = ex.plan(np.tile(p0, (16, 1)), 0.0, SpliceState(0.0, p0, v0, np.zeros(16)))
+        assert np.all(plan.positions <= lim.upper + 1e-6) and np.all(plan.positions >= lim.lower - 1e-6)
+        assert np.all(np.abs(plan.velocities) <= lim.velocity + 1e-6)
+        assert plan.positions[0, 9] < p0[9]           # its motion was kept, only joint 0 stopped
