@@ -11,7 +11,8 @@
    then rounds of steered episodes and updates;
 5. evaluation of every rung on the same held-out seeds (Wilson 95% intervals, stage funnel);
 6. the results table, the ladder (Fig. 5 left), the online curve (Fig. 5 right) and the stage
-   funnel (Fig. 6) in ``OUT/results`` (and ``--publish``); ``--ship`` copies the final policy.
+   funnel (Fig. 6) in ``OUT/results`` (and ``--publish``); ``--ship`` copies the policy of the
+   best measured rung (the later one on a tie: normally the online-RL policy).
 
 Every stage resumes: a killed run continues where it stopped when the same command is run again
 (collection skips stored episodes, training resumes from its last checkpoint, finished
@@ -246,11 +247,14 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         "rungs": {k: {key: v[key] for key in ("success_rate", "success_ci95", "successes",
                                                "episodes", "funnel", "failure_reasons")}
                   for k, v in reports.items()},
-        "checkpoints": {**{RUNGS[i]: Path(policies[v]).name and str(Path(policies[v]).relative_to(out))
+        "checkpoints": {**{RUNGS[i]: str(Path(policies[v]).relative_to(out))
                            for i, v in enumerate(VARIANTS)},
                         RUNGS[3]: str(Path(online["final_checkpoint"]).relative_to(out))},
         "table": table,
     }
+    # the policy worth running: the best measured rung (the later one on a tie)
+    best = max(reversed(RUNGS), key=lambda n: reports[n]["success_rate"])
+    results["best_rung"] = best
     (res / "results.json").write_text(json.dumps(results, indent=1))
     (res / "results.md").write_text(table + "\n")
     return results
@@ -302,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         shutil.copytree(res, args.publish, dirs_exist_ok=True)
     if args.ship:
-        final = Path(args.out).resolve() / results["checkpoints"][RUNGS[3]]
-        print(f"shipped {ship(final, args.ship)}")
+        best = results["best_rung"]
+        final = Path(args.out).resolve() / results["checkpoints"][best]
+        print(f"shipped {ship(final, args.ship)} ({best}, the best measured rung)")
     print(f"reproduction done in {results['total_s'] / 3600:.2f} h")
     print(results["table"])
     print(f"results: {res}" + (f" (published to {args.publish})" if args.publish else ""))

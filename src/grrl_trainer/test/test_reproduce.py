@@ -34,7 +34,11 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     assert results["online"]["episodes"] == 2
     model, meta = load_checkpoint(str(shipped))
     assert model.cfg.name == "tiny-state-task" and model.cfg.action_space == "task"
-    assert meta.version >= 2                       # warm-up + at least one online round
+    best = results["best_rung"]
+    assert best in RUNGS and results["rungs"][best]["success_rate"] == \
+        max(r["success_rate"] for r in results["rungs"].values())
+    src = out / results["checkpoints"][best]
+    assert meta.sha256 == load_checkpoint(str(src))[1].sha256
     table = capsys.readouterr().out
     assert "+ online RL" in table
     # the same command again: nothing is retrained or re-evaluated
