@@ -165,8 +165,13 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         raise ValueError(f"{out} holds a reproduction with another configuration "
                          f"(see {saved}); use another --out or the same settings")
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    timings: dict[str, float] = {}
-    t_all = time.time()
+    # wall seconds per stage, summed over the runs that resumed this reproduction
+    timing_file = out / "timings.json"
+    timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+
+    def spent(name: str, since: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.time() - since
+        timing_file.write_text(json.dumps(timings, indent=1))
 
     def stage(name: str):
         LOG.info("== %s", name)
@@ -179,7 +184,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         ccfg = CollectConfig(images=cfg.observation == "images", left_bias=cfg.left_bias,
                              time_limit=max(cfg.time_limit, 60.0))
         collect(data, ccfg, list(range(cfg.demos)), cfg.workers, progress=progress)
-    timings["demonstrations"] = time.time() - t
+    spent("demonstrations", t)
 
     # 2. critic and filter
     t = stage("critic")
@@ -187,14 +192,14 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         preset=cfg.preset, model=json.loads(cfg.critic_model or "{}"), steps=cfg.critic_steps,
         batch_size=cfg.batch_size, seed=cfg.seed, td3bc=TD3BCConfig(), device=cfg.device),
         progress=progress)
-    timings["critic"] = time.time() - t
+    spent("critic", t)
     t = stage("filter")
     filt = out / "filter.npz"
     if not filt.exists() or json.loads(filt.with_suffix(".json").read_text())["config"]["delta"] != cfg.delta:
         filt, _ = run_filter(critic, data, filt, FilterConfig(delta=cfg.delta), progress=progress)
         plot_filtered(data, filt, 6, out / "fig3_progress_filter.png")
     summary = json.loads(filt.with_suffix(".json").read_text())
-    timings["filter"] = time.time() - t
+    spent("filter", t)
 
     # 3. behaviour cloning, the three variants side by side
     t = stage("behaviour cloning")
@@ -208,7 +213,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
             policies = dict(zip(VARIANTS, pool.map(_bc_job, jobs)))
     else:
         policies = {v: _bc_job(j) for v, j in zip(VARIANTS, jobs)}
-    timings["bc"] = time.time() - t
+    spent("bc", t)
 
     # 4. online steering RL from the filtered + mirrored policy
     t = stage("online RL")
@@ -217,7 +222,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         updates_per_round=cfg.updates_per_round, warmup_episodes=cfg.warmup_episodes,
         warmup_updates=cfg.warmup_updates, workers=cfg.workers, time_limit=cfg.time_limit,
         seed=cfg.seed, device=cfg.device), progress=progress)
-    timings["online"] = time.time() - t
+    spent("online", t)
 
     # 5. every rung on the same held-out seeds
     t = stage("evaluation")
@@ -225,7 +230,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     for name, variant in zip(RUNGS[:3], VARIANTS):
         reports[name] = _evaluate(policies[variant], out / f"eval_{variant}", cfg, False, progress)
     reports[RUNGS[3]] = _evaluate(online["final_checkpoint"], out / "eval_online", cfg, True, progress)
-    timings["evaluation"] = time.time() - t
+    spent("evaluation", t)
 
     # 6. results
     res = out / "results"
@@ -240,7 +245,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         shutil.copy(out / "fig3_progress_filter.png", res / "fig3_progress_filter.png")
     results = {
         "config": dataclasses.asdict(cfg), "machine": machine(), "timings_s": timings,
-        "total_s": time.time() - t_all, "filter": summary,
+        "total_s": sum(timings.values()), "filter": summary,
         "online": {"episodes": online["episodes"], "version": online["version"],
                    "warmup_success": online.get("warmup_success"),
                    "success_during_training": sum(e["success"] for e in online["log"]) / max(1, len(online["log"]))},
@@ -255,9 +260,23 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     # the policy worth running: the best measured rung (the later one on a tie)
     best = max(reversed(RUNGS), key=lambda n: reports[n]["success_rate"])
     results["best_rung"] = best
-    (res / "results.json").write_text(json.dumps(results, indent=1))
+    (res / "results.json").write_text(json.dumps(_portable(results, out, data), indent=1))
     (res / "results.md").write_text(table + "\n")
     return results
+
+
+def _portable(obj: Any, out: Path, data: Path) -> Any:
+    """``obj`` with this machine's paths made relative ("OUT/...", "DATA/..."): results are
+    published into repositories."""
+    if isinstance(obj, dict):
+        return {k: _portable(v, out, data) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, out, data) for v in obj]
+    if isinstance(obj, str):
+        for root, name in ((out, "OUT"), (data, "DATA")):
+            if obj == str(root) or obj.startswith(str(root) + os.sep):
+                return name + obj[len(str(root)):]
+    return obj
 
 
 def ship(checkpoint: str | Path, dest: str | Path) -> Path:
@@ -266,8 +285,12 @@ def ship(checkpoint: str | Path, dest: str | Path) -> Path:
     src, dest = Path(checkpoint), Path(dest)
     verify_files(src)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".safetensors", ".json"):
-        shutil.copy(src.with_suffix(suffix), dest.with_suffix(suffix))
+    shutil.copy(src.with_suffix(".safetensors"), dest.with_suffix(".safetensors"))
+    # provenance paths of this machine (training data, filter) are reduced to their names
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["extra"] = {k: Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+                     for k, v in meta.get("extra", {}).items()}
+    dest.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     verify_files(dest)
     return dest
 
