@@ -76,8 +76,8 @@ def plot_ladder(reports: dict[str, dict], out: Path, title: str) -> Path:
            [100 * reports[n]["success_ci95"][1] - r for n, r in zip(names, rates)]]
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.5))
     ax.bar(names, rates, yerr=err, capsize=5, color="tab:blue")
-    for i, r in enumerate(rates):
-        ax.text(i, r + 2, f"{r:.1f}%", ha="center", fontsize=9)
+    for i, (n, r) in enumerate(zip(names, rates)):     # above the interval, readable
+        ax.text(i, 100 * reports[n]["success_ci95"][1] + 2, f"{r:.1f}%", ha="center", fontsize=9)
     ax.set_ylim(0, 105)
     ax.set_ylabel("success (%)")
     ax.set_title(title, fontsize=9)
