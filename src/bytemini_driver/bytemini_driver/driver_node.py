@@ -108,6 +108,9 @@ class DriverNode(LifecycleNode):
         self.follower.hold(q)
         self.last_command_time = -math.inf
         self.last_reset: tuple[bool, dict[str, str]] = (False, {})
+        # after a physics fault every task state says so until the next requested reset: a
+        # single failure message could be overtaken by the recovered scene's states
+        self.fault = ""
         self.tick = 0
         self.pub_js = self.create_lifecycle_publisher(JointState, "bytemini/joint_states", 10)
         self.pub_tcp = {s: self.create_lifecycle_publisher(PoseStamped, f"bytemini/{s}/tcp_pose",
@@ -290,6 +293,7 @@ class DriverNode(LifecycleNode):
             self.get_logger().error(f"reset failed: {exc}")
             return response
         self.last_reset = (bool(request.mirrored), options)
+        self.fault = ""
         q, _ = self.driver.joint_state()
         self.target = q.copy()
         self.follower.hold(q)
@@ -385,8 +389,8 @@ class DriverNode(LifecycleNode):
                         end_side=st["end_side"], eyelet_side=st["eyelet_side"],
                         eyelet_index=int(st["eyelet_index"]), stage=int(st["stage"]),
                         threaded=bool(st["threaded"]), success=bool(st["success"]),
-                        failed=bool(st["failed"]) or bool(failure),
-                        failure_reason=failure or st["failure_reason"],
+                        failed=bool(st["failed"]) or bool(failure or getattr(self, "fault", "")),
+                        failure_reason=failure or getattr(self, "fault", "") or st["failure_reason"],
                         pulled_length=float(st["pulled_length"]),
                         shoe_yaw=float(st.get("shoe_yaw", 0.0)))
         c, d = st["eyelet_center"], st["threading_direction"]
@@ -419,7 +423,8 @@ class DriverNode(LifecycleNode):
         self.follower.hold(q)
         self.servo.clear()
         self.last_command_time = -math.inf
-        self._publish_task(failure=f"physics fault: {reason}")
+        self.fault = f"physics fault: {reason}"
+        self._publish_task()
 
 
 def _autostart(node: DriverNode) -> None:
