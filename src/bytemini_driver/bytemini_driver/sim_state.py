@@ -42,6 +42,17 @@ def state_vector(lace: np.ndarray, eyelet_center: np.ndarray, threading_directio
     return np.concatenate([pts, extra], axis=-2).reshape(*lead, STATE_DIM).astype(np.float32)
 
 
+def state_from_task_state(msg) -> np.ndarray:
+    """The state vector of a ``grrl_interfaces/TaskState`` message (read by attribute, so a
+    deserialised record works too); ValueError if it carries no usable lace."""
+    if len(msg.lace) < 2:
+        raise ValueError(f"the task state has {len(msg.lace)} lace points")
+    c, d = msg.eyelet_center, msg.threading_direction
+    return state_vector(np.array([[p.x, p.y, p.z] for p in msg.lace], float),
+                        np.array([c.x, c.y, c.z]), np.array([d.x, d.y, d.z]),
+                        float(getattr(msg, "shoe_yaw", 0.0)))
+
+
 def mirror_state(state: np.ndarray) -> np.ndarray:
     """The state of the mirrored scene (an involution)."""
     s = np.asarray(state)

@@ -30,7 +30,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from grrl_policy.experts import Expert
 from grrl_policy.model import GRRLModel, ModelConfig

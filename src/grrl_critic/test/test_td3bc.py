@@ -1,6 +1,5 @@
 """The offline critic: TD3+BC loss by hand, distributional TD on a chain MDP with known values,
 and the progress filter's precision/recall on synthetic demonstrations with injected retries."""
-import dataclasses
 
 import numpy as np
 import pytest

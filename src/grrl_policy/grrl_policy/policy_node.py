@@ -46,13 +46,13 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from bytemini_driver import description as desc
 from bytemini_driver.image_codec import ImageError, decode_raw
 from bytemini_driver.node_main import NUMBER, run_node
-from bytemini_driver.sim_state import state_vector
+from bytemini_driver.sim_state import state_from_task_state
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 
 from .checkpoint import CheckpointError
 from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, joint_limits
 from .policy_runtime import CAMERAS, ObservationError, Policy, PolicyOutputError, build_observation
-from .task_space import TASK_DIM, action_codec, task_names
+from .task_space import action_codec, check_executable, task_names
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -125,11 +125,7 @@ class PolicyNode(Node):
         self.policy = Policy.load(ckpt, device=str(g("device"))) if ckpt else \
             Policy.fresh(str(g("preset")), int(g("seed")), str(g("device")))
         cfg = self.policy.config
-        expected = {"joint": 16, "task": TASK_DIM}.get(cfg.action_space)
-        if expected is None or cfg.action_dim != expected or cfg.proprio_dim != expected:
-            raise ValueError("this node executes 16 joint targets from 16 joint positions, or 20 "
-                             "task-space values through IK; the model has action_space="
-                             f"{cfg.action_space}, action_dim={cfg.action_dim}")
+        check_executable(cfg.action_space, cfg.action_dim, cfg.proprio_dim, "this node")
         self.names = desc.actuated_joint_names()
         # joint states -> the model's proprioception, chunks -> joint targets (IK for 'task')
         self.codec = action_codec(cfg.action_space, self.dt)
@@ -265,16 +261,7 @@ class PolicyNode(Node):
         try:
             if snap.errors:
                 raise ObservationError("; ".join(snap.errors))
-            state = None
-            if snap.task is not None:
-                t = snap.task
-                if len(t.lace) < 2:
-                    raise ObservationError(f"the task state has {len(t.lace)} lace points")
-                state = state_vector(
-                    np.array([[p.x, p.y, p.z] for p in t.lace], float).reshape(-1, 3),
-                    np.array([t.eyelet_center.x, t.eyelet_center.y, t.eyelet_center.z]),
-                    np.array([t.threading_direction.x, t.threading_direction.y,
-                              t.threading_direction.z]), float(t.shoe_yaw))
+            state = state_from_task_state(snap.task) if snap.task is not None else None
             obs, proprio = build_observation(self.policy.config, snap.instruction,
                                              self.codec.proprio(snap.q), snap.images, state=state)
             cfg = self.policy.config

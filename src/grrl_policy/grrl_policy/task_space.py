@@ -157,6 +157,16 @@ class JointSpaceCodec:
         return np.asarray(chunk)
 
 
+def check_executable(action_space: str, action_dim: int, proprio_dim: int, who: str) -> None:
+    """ValueError unless the model's chunks can become the robot's 16 joint targets: 16 joint
+    targets from 16 joint positions, or 20 task-space values through IK."""
+    expected = {"joint": 16, "task": TASK_DIM}.get(action_space)
+    if expected is None or action_dim != expected or proprio_dim != expected:
+        raise ValueError(f"{who} executes 16 joint targets from 16 joint positions, or 20 "
+                         f"task-space values through IK; the model has action_space="
+                         f"{action_space}, action_dim={action_dim}, proprio_dim={proprio_dim}")
+
+
 def action_codec(action_space: str, step_period: float = 0.1) -> TaskSpaceDecoder | JointSpaceCodec:
     """What turns joint states into the model's proprioception and its chunks into joint
     targets, for a model's ``action_space``."""

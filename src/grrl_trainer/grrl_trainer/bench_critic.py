@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from grrl_critic.td3bc import CriticTrainer, TD3BCConfig, critic_progress

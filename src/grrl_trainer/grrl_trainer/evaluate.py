@@ -52,7 +52,7 @@ from grrl_policy.chunk_executor import (ChunkExecutor, ChunkExecutorError, Execu
                                         joint_limits)
 from grrl_policy.model import ModelConfig
 from grrl_policy.model import preset as model_preset
-from grrl_policy.task_space import action_codec
+from grrl_policy.task_space import action_codec, check_executable
 from grrl_policy.policy_runtime import (CAMERAS, ObservationError, Policy, PolicyOutputError,
                                         build_observation)
 
@@ -178,13 +178,7 @@ def check_policy(policy: Policy) -> None:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """See :func:`check_policy`."""
-    from grrl_policy.task_space import TASK_DIM
-    dims = {"joint": 16, "task": TASK_DIM}
-    if dims.get(cfg.action_space) is None or cfg.action_dim != dims[cfg.action_space] \
-            or cfg.proprio_dim != dims[cfg.action_space]:
-        raise ValueError("evaluation executes 16 joint targets from 16 joint positions, or 20 "
-                         f"task-space values by IK; the model has action_space={cfg.action_space}, "
-                         f"action_dim={cfg.action_dim}, proprio_dim={cfg.proprio_dim}")
+    check_executable(cfg.action_space, cfg.action_dim, cfg.proprio_dim, "evaluation")
 
 
 def observes_state(model_cfg: ModelConfig) -> bool:
@@ -560,6 +554,18 @@ def evaluate(checkpoint: str | None, cfg: EvalConfig, preset: str = "tiny",
     os.replace(tmp, out / "eval.json")
     LOG.info("%s", summary_line(report))
     return report
+
+
+def evaluate_or_reuse(checkpoint: str, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate`, unless ``cfg.out_dir`` already holds the report of the same number of
+    episodes of the same checkpoint (resumable pipelines read finished evaluations back)."""
+    path = Path(cfg.out_dir) / "eval.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        if report.get("episodes") == cfg.episodes and \
+                report.get("checkpoint") == os.path.abspath(checkpoint):
+            return report
+    return evaluate(checkpoint, cfg, progress=progress)
 
 
 def _rollouts(checkpoint: str | None, sha: str | None, preset: str, seeds: list[int],

@@ -26,7 +26,7 @@ from grrl_policy.checkpoint import CheckpointError
 from grrl_trainer.bc import VARIANTS, BCConfig, TrainingDiverged, train_bc
 from grrl_trainer.critic_train import CriticRunConfig, plot_filtered, train_critic
 from grrl_trainer.dataset import DatasetError
-from grrl_trainer.evaluate import EvalConfig, evaluate, summary_line
+from grrl_trainer.evaluate import EvalConfig, evaluate_or_reuse
 from grrl_trainer.progress_filter import run_filter
 
 LOG = logging.getLogger("grrl-offline")
@@ -87,6 +87,17 @@ def plot_ladder(reports: dict[str, dict], out: Path, title: str) -> Path:
     return out
 
 
+def filter_once(critic: Path, data: Path, filt: Path, delta: float, plot: Path,
+                progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The data filter of ``critic`` at ``delta`` into ``filt`` (+ its Fig. 3 ``plot``), unless
+    ``filt`` already holds one at that delta; returns it and its summary."""
+    done = filt.with_suffix(".json")
+    if not filt.exists() or json.loads(done.read_text())["config"]["delta"] != delta:
+        filt, _ = run_filter(critic, data, filt, FilterConfig(delta=delta), progress=progress)
+        plot_filtered(data, filt, 6, plot)
+    return filt, json.loads(done.read_text())
+
+
 def run_offline(data: str | Path, out: str | Path, cfg: OfflineConfig, progress: bool = True) -> dict[str, Any]:
     data, out = Path(data).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,13 +113,9 @@ def run_offline(data: str | Path, out: str | Path, cfg: OfflineConfig, progress:
     timings["critic"] = time.time() - t
 
     # 2. the filter
-    filt = out / "filter.npz"
     t = time.time()
-    fcfg = FilterConfig(delta=cfg.delta)
-    if not filt.exists() or json.loads(filt.with_suffix(".json").read_text())["config"]["delta"] != cfg.delta:
-        filt, summary = run_filter(critic, data, filt, fcfg, progress=progress)
-        plot_filtered(data, filt, 6, filt.with_suffix(".png"))
-    summary = json.loads(filt.with_suffix(".json").read_text())
+    filt, summary = filter_once(critic, data, out / "filter.npz", cfg.delta,
+                                out / "filter.png", progress)
     timings["filter"] = time.time() - t
     LOG.info("filter kept %.1f%% of %d samples", 100 * summary["kept_fraction"], summary["samples"])
 
@@ -125,16 +132,10 @@ def run_offline(data: str | Path, out: str | Path, cfg: OfflineConfig, progress:
     reports = {}
     for variant, ckpt in policies.items():
         t = time.time()
-        edir = out / f"eval_{variant}"
-        report_path = edir / "eval.json"
         ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
-                          workers=cfg.eval_workers, time_limit=cfg.time_limit, out_dir=str(edir))
-        if report_path.exists():
-            report = json.loads(report_path.read_text())
-            if report.get("episodes") != cfg.eval_episodes:
-                report = evaluate(str(ckpt), ecfg, progress=progress)
-        else:
-            report = evaluate(str(ckpt), ecfg, progress=progress)
+                          workers=cfg.eval_workers, time_limit=cfg.time_limit,
+                          out_dir=str(out / f"eval_{variant}"))
+        report = evaluate_or_reuse(str(ckpt), ecfg, progress)
         reports[f"BC {variant.replace('_', ' + ')}"] = report
         timings[f"eval_{variant}"] = time.time() - t
     table = rung_table(reports)

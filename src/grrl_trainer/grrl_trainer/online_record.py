@@ -162,15 +162,11 @@ def _joint_vector(msg: Any, names: list[str]) -> np.ndarray:
 
 
 def _state(msg: Any) -> np.ndarray:
-    from bytemini_driver.sim_state import state_vector
-
-    if len(msg.lace) < 2:
-        raise RecordError(f"a task state has {len(msg.lace)} lace points")
-    return state_vector(np.array([[p.x, p.y, p.z] for p in msg.lace], float),
-                        np.array([msg.eyelet_center.x, msg.eyelet_center.y, msg.eyelet_center.z]),
-                        np.array([msg.threading_direction.x, msg.threading_direction.y,
-                                  msg.threading_direction.z]),
-                        float(getattr(msg, "shoe_yaw", 0.0)))
+    from bytemini_driver.sim_state import state_from_task_state
+    try:
+        return state_from_task_state(msg)
+    except ValueError as exc:
+        raise RecordError(str(exc)) from exc
 
 
 def read_record(record_dir: str | Path, gamma: float, step_period: float = 0.1,

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from grrl_critic.filtering import FilterConfig, FilterResult, keep_mask, summarize

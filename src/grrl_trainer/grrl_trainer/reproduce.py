@@ -103,16 +103,11 @@ def _bc_job(args: tuple[str, str, Any]) -> str:
 
 
 def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress: bool) -> dict:
-    from grrl_trainer.evaluate import EvalConfig, evaluate
-    report_path = edir / "eval.json"
-    if report_path.exists():
-        report = json.loads(report_path.read_text())
-        if report.get("episodes") == cfg.eval_episodes and report.get("checkpoint") == ckpt:
-            return report
+    from grrl_trainer.evaluate import EvalConfig, evaluate_or_reuse
     ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
                       workers=cfg.workers, time_limit=cfg.time_limit, steer=steer,
                       out_dir=str(edir))
-    return evaluate(ckpt, ecfg, progress=progress)
+    return evaluate_or_reuse(ckpt, ecfg, progress)
 
 
 def plot_funnel(reports: dict[str, dict], out: Path) -> Path:
@@ -146,14 +141,12 @@ def machine() -> dict[str, Any]:
 
 def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = None,
               progress: bool = True) -> dict[str, Any]:
-    from grrl_critic.filtering import FilterConfig
     from grrl_critic.td3bc import TD3BCConfig
     from grrl_trainer.bc import VARIANTS, BCConfig
     from grrl_trainer.collect import CollectConfig, collect
-    from grrl_trainer.critic_train import CriticRunConfig, plot_filtered, train_critic
-    from grrl_trainer.offline import plot_ladder, rung_table
+    from grrl_trainer.critic_train import CriticRunConfig, train_critic
+    from grrl_trainer.offline import filter_once, plot_ladder, rung_table
     from grrl_trainer.online import OnlineConfig, run_online
-    from grrl_trainer.progress_filter import run_filter
 
     if cfg.observation not in ("state", "images"):
         raise ValueError(f"observation must be 'state' or 'images', got {cfg.observation!r}")
@@ -194,11 +187,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         progress=progress)
     spent("critic", t)
     t = stage("filter")
-    filt = out / "filter.npz"
-    if not filt.exists() or json.loads(filt.with_suffix(".json").read_text())["config"]["delta"] != cfg.delta:
-        filt, _ = run_filter(critic, data, filt, FilterConfig(delta=cfg.delta), progress=progress)
-        plot_filtered(data, filt, 6, out / "fig3_progress_filter.png")
-    summary = json.loads(filt.with_suffix(".json").read_text())
+    filt, summary = filter_once(critic, data, out / "filter.npz", cfg.delta,
+                                out / "fig3_progress_filter.png", progress)
     spent("filter", t)
 
     # 3. behaviour cloning, the three variants side by side

@@ -46,16 +46,6 @@ def record(seed: int, T: int, success: bool, keyframes=()) -> EpisodeRecord:
         scene=scene, lace=lace)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two torch threads on two shared cores spin against other processes' work: a test run
-    took 113 s that way, 6 s with one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bc_data")

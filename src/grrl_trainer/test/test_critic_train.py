@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from grrl_critic.td3bc import TD3BCConfig
 from grrl_policy.checkpoint import read_meta
@@ -17,16 +16,6 @@ from grrl_trainer.critic_train import CriticRunConfig, train_critic
 from grrl_trainer.dataset import episode_path, write_episode
 
 from test_bc import SMALL, record
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_data(root: Path, failures: bool = True, keyframes: bool = True) -> Path:

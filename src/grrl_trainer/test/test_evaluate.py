@@ -22,15 +22,6 @@ HASHED_STATE = preset("tiny-state", tiny=TinyBackboneConfig(
 HASHED_IMAGES = preset("tiny", tiny=TinyBackboneConfig(text_encoder="hashed"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As in the workers: on a small, shared CPU one thread is also much faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def state_policy(seed: int = 0) -> Policy:
     torch.manual_seed(seed)
     return Policy(GRRLModel(HASHED_STATE))

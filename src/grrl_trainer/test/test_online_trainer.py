@@ -20,14 +20,6 @@ SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim
          "expert": {"width": 32, "heads": 2, "mlp_ratio": 2.0}, "horizon": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def policy(tmp_path):
     torch.manual_seed(0)

@@ -2,19 +2,9 @@
 the final policy is shipped, and a second run resumes instead of redoing the work."""
 import json
 
-import pytest
-import torch
 
 from grrl_policy.checkpoint import load_checkpoint
 from grrl_trainer.reproduce import RUNGS, main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
