@@ -38,6 +38,10 @@ def latched():
                       reliability=ReliabilityPolicy.RELIABLE)
 
 
+EPISODE_S = 6.0
+"""simulated seconds per episode: enough decisions for a trainable record on a loaded machine"""
+
+
 def said(proc, text: str, timeout: float = 60.0) -> str:
     """The first line of a node process's log that contains ``text`` (waits for it)."""
     return wait_until(lambda: next((line for line in proc.output.splitlines() if text in line),
@@ -117,14 +121,14 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
     said(trainer, "trainer ready", 90)
 
     # round 1: two episodes of the offline checkpoint (version 1) -> version 2
-    first = [run_episode(ros_node, client, seed, 4.0) for seed in (20000, 20001)]
+    first = [run_episode(ros_node, client, seed, EPISODE_S) for seed in (20000, 20001)]
     wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 2
                            for s in list(status)), 90, "version 2 loaded by the policy node")
     ann = [a for a in list(announced) if a.status == CheckpointInfo.STATUS_ANNOUNCED]
     assert [a.version for a in ann] == [2] and ann[0].path == str(run / "checkpoints" / "v0002")
     said(trainer, "LOADED checkpoint version 2")
     # round 2: the next episodes are acted by version 2 -> version 3
-    second = [run_episode(ros_node, client, seed, 4.0) for seed in (20002, 20003)]
+    second = [run_episode(ros_node, client, seed, EPISODE_S) for seed in (20002, 20003)]
     wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 3
                            for s in list(status)), 90, "version 3 loaded by the policy node")
     by_episode = {}
