@@ -215,7 +215,7 @@ def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_no
     assert code == 0, out[-3000:]
     assert "rejected command" not in out, out[-3000:]
     # waiting for the first task state at start-up is expected; nothing on the command path is
-    holds = [ln for ln in out.splitlines() if "holding:" in ln and "episode ended" not in ln
+    holds = [ln for ln in out.splitlines() if "]: holding: " in ln and "episode ended" not in ln
              and not ln.rstrip().endswith("yet")]
     assert not holds, holds
     assert len(chunks) >= 3, out[-3000:]
