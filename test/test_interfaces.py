@@ -10,7 +10,7 @@ from rclpy.action import ActionClient
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, KeyValue
 from grrl_interfaces.srv import ResetScene
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
 PEER = Path(__file__).resolve().parent / "nodes" / "interface_peer.py"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from grrl_trainer.launch_description import load_launch_file
+from grrl_tools.launch_description import load_launch_file
 
 LAUNCH = sorted((Path(__file__).resolve().parents[1] / "launch").glob("*.launch.xml"))
 

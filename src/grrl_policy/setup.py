@@ -1,10 +1,11 @@
 import os
+from glob import glob
 
 from setuptools import find_packages, setup
 
 package_name = 'grrl_policy'
-# launch/, urdf/ and config/ live at the top of the repository; they are installed into
-# this package's share so that $(find-pkg-share grrl_policy) finds them.
+# urdf/ lives at the top of the repository; the default robot's URDF is installed into this
+# package's share (grrl_policy.robot.default_urdf_path), so the policy needs no driver package.
 REPO = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 
 setup(
@@ -14,6 +15,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/urdf', glob(os.path.join(REPO, 'urdf', '*.urdf'))),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

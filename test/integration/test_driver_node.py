@@ -15,7 +15,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
 from grrl_interfaces.msg import TaskState
 from grrl_interfaces.srv import ResetScene
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
 NAMES = desc.actuated_joint_names()

@@ -8,7 +8,7 @@ from rclpy.action import ActionClient
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent
 from grrl_interfaces.srv import ResetScene
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "sim.launch.xml"
@@ -225,3 +225,101 @@ def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_no
     assert len(commands) >= len(chunks) and assert_within_limits(commands) >= 16 * len(chunks)
     q = np.array([s.position for s in states])
     assert np.abs(q - q[0]).max() > 0.01
+
+
+def task_space_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A fresh 'tiny-state-task' model whose chunks scatter ~2 cm around the home poses."""
+    import torch
+
+    from bytemini_driver.sim import ShoeLacingSim
+    from grrl_policy.checkpoint import save_checkpoint
+    from grrl_policy.model import GRRLModel, preset
+    from grrl_policy.task_space import TaskSpaceDecoder
+
+    torch.manual_seed(seed)
+    model = GRRLModel(preset("tiny-state-task"))
+    sim = ShoeLacingSim()
+    home = TaskSpaceDecoder().proprio(sim.home_q)
+    sim.close()
+    std = torch.full((20,), 0.02)
+    model.normalizer.set("action", torch.from_numpy(home), std)
+    model.normalizer.set("proprio", torch.from_numpy(home), std)
+    save_checkpoint(model, path, version=1)
+    return path
+
+
+def test_node_and_evaluation_make_the_same_chunks_and_plans(start_node, ros_node, tmp_path):
+    """One command path: the same checkpoint, scene seed and observation through the policy node
+    over DDS and through evaluation's controller give the same chunk, noise and trajectory."""
+    from bytemini_driver.driver_node import task_state_message
+    from bytemini_driver.mujoco_backend import MujocoDriver
+    from grrl_interfaces.msg import ActionChunk, EpisodeEvent
+    from grrl_policy.controller import ControllerConfig, PolicyController
+    from grrl_policy.policy_runtime import Policy
+    from grrl_policy.robot import default_robot
+    from grrl_policy.sim_state_spec import state_from_task_state
+    from grrl_trainer.evaluation.evaluate import sim_observation
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from grrl_interfaces.msg import TaskState
+
+    ckpt = task_space_checkpoint(tmp_path / "task")
+    seed, t_obs = 10_003, 1.5
+    drv = MujocoDriver()
+    drv.configure({})
+    drv.reset(seed, False, {})
+    sim = drv.sim
+    q = sim.joint_positions()
+    task = task_state_message(drv.task_state())
+    task.header.stamp.sec, task.header.stamp.nanosec = 1, 500_000_000
+    params = sim.params
+    eyelet = sim.eyelet_world(params.eyelet_side, params.eyelet_index, params.end_side)
+
+    latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         reliability=ReliabilityPolicy.RELIABLE)
+    chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
+    commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
+    node = start_node("grrl_policy", "policy_node", checkpoint=str(ckpt), max_staleness=5.0)
+    pub_js = ros_node.node.create_publisher(JointState, "bytemini/joint_states", 10)
+    pub_task = ros_node.node.create_publisher(TaskState, "bytemini/sim/task_state", 10)
+    events = ros_node.node.create_publisher(EpisodeEvent, "grrl/episode", latched)
+    for pub in (pub_js, pub_task, events):
+        ros_node.wait_for_matched(pub, 1, timeout=60)
+    events.publish(EpisodeEvent(event=EpisodeEvent.EVENT_STARTED, episode_id="ep-parity",
+                                seed=seed, instruction=sim.instruction))
+    js = JointState(name=list(default_robot().actuated_joint_names), position=q.tolist())
+    js.header.stamp = task.header.stamp
+
+    def publish() -> bool:
+        pub_task.publish(task)
+        pub_js.publish(js)
+        return bool(chunks) and bool(commands)
+
+    wait_until(publish, 60, "the node's first chunk and trajectory", period=0.1)
+    assert node.proc.poll() is None, node.output[-2000:]
+    msg, traj = chunks[0], commands[0]
+
+    # evaluation's side: the same observation from the simulator, through the same controller
+    obs = sim_observation(sim, Policy.load(str(ckpt)).config, sim.instruction, eyelet,
+                          params.shoe_yaw)
+    np.testing.assert_allclose(obs.state, state_from_task_state(task), atol=1e-6)
+    obs.t, obs.state = t_obs, state_from_task_state(task)      # the node's very input
+    controller = PolicyController(Policy.load(str(ckpt)), ControllerConfig(), "evaluation")
+    controller.start_episode(seed)
+    inference, command = controller.act(obs)
+    k, d = inference.chunk.actions.shape
+    assert (msg.horizon, msg.action_dim) == (k, d) and msg.episode_id == "ep-parity"
+    np.testing.assert_array_equal(np.array(msg.initial_noise, np.float32).reshape(k, d),
+                                  inference.chunk.noise)
+    np.testing.assert_allclose(np.array(msg.actions, np.float32).reshape(k, d),
+                               inference.chunk.actions, atol=1e-6)
+    assert len(traj.points) == len(command.times)
+    for p, t, pos, vel, acc in zip(traj.points, command.times, command.positions,
+                                   command.velocities, command.accelerations):
+        assert abs(p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec - t) < 2e-9
+        np.testing.assert_allclose(p.positions, pos, atol=1e-7)
+        np.testing.assert_allclose(p.velocities, vel, atol=1e-7)
+        np.testing.assert_allclose(p.accelerations, acc, atol=1e-6)
+    drv.cleanup()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rosbags.rosbag2 import Reader
 
-from grrl_trainer.recorder import typestore_with_custom_types
+from grrl_trainer.episodes.recorder import typestore_with_custom_types
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "sim.launch.xml"
@@ -59,8 +59,8 @@ def test_expert_episode_succeeds_and_is_recorded(processes, tmp_path: Path):
 def test_flawed_demonstration_through_the_graph_converts_to_the_dataset(processes, tmp_path):
     """The slow collection path: the demonstrator acts through the ROS graph, annotates its
     retries through the labelling service, and the MCAP converts to a dataset episode."""
-    from grrl_trainer.convert import convert_record
-    from grrl_trainer.dataset import EpisodeDataset
+    from grrl_trainer.data.convert import convert_record
+    from grrl_trainer.data.dataset import EpisodeDataset
 
     # seed 3: the demonstrator misses the eyelet once and retries (see its flaw draw)
     launch = processes.launch(str(LAUNCH), "episodes:=1", "seed:=3", "real_time_factor:=2.0",

@@ -13,7 +13,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bytemini_driver.description import actuated_joint_names
 from bytemini_driver.driver_node import COMMAND_QOS
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
 FAKE = Path(__file__).resolve().parent.parent / "nodes" / "fake_ros2_control_robot.py"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def rewrite_record(src: Path, dst: Path, episode_id: str, nan_chunk: int | None 
     ``nan_chunk`` made NaN, or the joint states around chunk ``drop_joints_at_chunk`` removed."""
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-    from grrl_trainer.recorder import typestore_with_custom_types
+    from grrl_trainer.episodes.recorder import typestore_with_custom_types
     store = typestore_with_custom_types()
     with Reader(src) as bag:
         conns = list(bag.connections)
@@ -112,7 +112,7 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
                real_time_factor=2.0)
     start_node("grrl_trainer", "episode_node", record=True, record_dir=str(tmp_path / "episodes"))
     policy_node = start_node("grrl_policy", "policy_node", checkpoint=str(policy), steer=True,
-                             steer_noise_std=0.3)
+                             explore_std=0.3)
     trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
                          episodes_per_round=2, updates_per_round=2, batch_size=16)
     client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
@@ -186,8 +186,8 @@ def test_a_refused_checkpoint_is_reported_to_the_trainer(start_node, ros_node, t
 
     from bytemini_driver.sim_state import STATE_DIM
     from grrl_interfaces.msg import CheckpointInfo
-    from grrl_trainer.online import OnlineTrainer, StreamConfig
-    from grrl_trainer.replay import OnlineEpisode
+    from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
+    from grrl_trainer.online.replay import OnlineEpisode
 
     policy = small_checkpoint(tmp_path / "bc")
     other = small_checkpoint(tmp_path / "other", {**SMALL, "expert": {"width": 48, "heads": 2,
@@ -197,8 +197,8 @@ def test_a_refused_checkpoint_is_reported_to_the_trainer(start_node, ros_node, t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        core = OnlineTrainer(policy, run, StreamConfig(episodes_per_round=2, updates_per_round=1,
-                                                       batch_size=4))
+        core = OnlineTrainer(policy, run, OnlineConfig(episodes_per_round=2, updates_per_round=1,
+                                                       batch_size=4, warmup_episodes=0))
         for i in range(2):
             n = 3
             core.add(OnlineEpisode(
@@ -231,7 +231,7 @@ def test_a_refused_checkpoint_is_reported_to_the_trainer(start_node, ros_node, t
 
 def synthetic_episode(i: int, rng, version: int = 1):
     from bytemini_driver.sim_state import STATE_DIM
-    from grrl_trainer.replay import OnlineEpisode
+    from grrl_trainer.online.replay import OnlineEpisode
     n = 3
     return OnlineEpisode(
         episode_id=f"ep-{i:06d}-synthetic", robot="sim", policy_version=version,
@@ -252,17 +252,17 @@ def test_kill_9_of_the_trainer_node_mid_round_loses_and_doubles_nothing(start_no
     import torch
 
     from grrl_policy.checkpoint import load_checkpoint
-    from grrl_trainer.online import OnlineTrainer, StreamConfig
-    from grrl_trainer.replay import ReplayBuffers
+    from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
+    from grrl_trainer.online.replay import ReplayBuffers
 
     policy = small_checkpoint(tmp_path / "bc")
     run = tmp_path / "online"
-    params = dict(episodes_per_round=2, updates_per_round=1000, batch_size=16)
+    params = dict(episodes_per_round=2, updates_per_round=1000, batch_size=16, warmup_episodes=0)
     rng = np.random.default_rng(1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        core = OnlineTrainer(policy, run, StreamConfig(**params))
+        core = OnlineTrainer(policy, run, OnlineConfig(**params))
         for i in range(2):
             core.add(synthetic_episode(i, rng))
         assert core.due() == "round"

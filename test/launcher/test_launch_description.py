@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from grrl_trainer.launch_description import (Context, LaunchError, ParamFile,
+from grrl_tools.launch_description import (Context, LaunchError, ParamFile,
                                              load_launch_file, parse_cli_overrides)
-from grrl_trainer.launcher import ros_arguments
+from grrl_tools.launcher import ros_arguments
 
 
 def test_talker_resolves_namespace_params_and_remaps(testpkg: Path, launch_dir: Path):

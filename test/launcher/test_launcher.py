@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from std_msgs.msg import String
 
-from grrl_trainer.testing import wait_until
+from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
 

@@ -11,7 +11,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from bytemini_driver.description import actuated_joint_names
-from bytemini_driver.image_codec import encode_compressed, encode_raw
+from grrl_tools.image_codec import encode_compressed, encode_raw
 
 NAMES = ["hw_" + n for n in actuated_joint_names()]
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from bytemini_driver.expert import CLOSED, OPEN, ExpertConfig, ScriptedExpert
+from bytemini_driver.expert import CLOSED, OPEN, ScriptedExpert, ScriptedExpertConfig
 from bytemini_driver.ik import DualArmIK
 from bytemini_driver.task import threaded_from_end
 
@@ -71,7 +71,7 @@ class EpisodeFlaws:
 class FlawedDemonstrator(ScriptedExpert):
     """Drop-in replacement of :class:`ScriptedExpert` with :class:`DemoConfig` flaws."""
 
-    def __init__(self, demo: DemoConfig | None = None, config: ExpertConfig | None = None,
+    def __init__(self, demo: DemoConfig | None = None, config: ScriptedExpertConfig | None = None,
                  ik: DualArmIK | None = None):
         super().__init__(config, ik)
         self.demo = demo or DemoConfig()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bytemini_driver.trajectory import JointLimits
+from bytemini_driver.trajectory import DriverLimits
 
 BACKEND_GROUP = "bytemini_driver.backends"
 
@@ -49,7 +49,7 @@ class RobotDriver(abc.ABC):
         """Release everything acquired in :meth:`configure`."""
 
     @abc.abstractmethod
-    def joint_limits(self) -> JointLimits:
+    def joint_limits(self) -> DriverLimits:
         """Limits of the actuated joints."""
 
     @abc.abstractmethod

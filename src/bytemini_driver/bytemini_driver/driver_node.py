@@ -31,8 +31,8 @@ from trajectory_msgs.msg import JointTrajectory
 from bytemini_driver import description as desc
 from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
-from bytemini_driver.image_codec import encode_raw
-from bytemini_driver.node_main import NUMBER, run_node
+from grrl_tools.image_codec import encode_raw
+from grrl_tools.node_main import NUMBER, run_node
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
 from grrl_interfaces.msg import TaskState
 from grrl_interfaces.srv import ResetScene
@@ -384,19 +384,8 @@ class DriverNode(LifecycleNode):
         st = self.driver.task_state() if self.driver is not None else None
         if st is None or self.pub_task is None:
             return
-        msg = TaskState(scene_seq=int(st["scene_seq"]), seed=int(st["seed"]),
-                        mirrored=bool(st["mirrored"]), instruction=st["instruction"],
-                        end_side=st["end_side"], eyelet_side=st["eyelet_side"],
-                        eyelet_index=int(st["eyelet_index"]), stage=int(st["stage"]),
-                        threaded=bool(st["threaded"]), success=bool(st["success"]),
-                        failed=bool(st["failed"]) or bool(failure or getattr(self, "fault", "")),
-                        failure_reason=failure or getattr(self, "fault", "") or st["failure_reason"],
-                        pulled_length=float(st["pulled_length"]),
-                        shoe_yaw=float(st.get("shoe_yaw", 0.0)))
-        c, d = st["eyelet_center"], st["threading_direction"]
-        msg.eyelet_center = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
-        msg.threading_direction = Vector3(x=float(d[0]), y=float(d[1]), z=float(d[2]))
-        msg.lace = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in st["lace"]]
+        failure = failure or getattr(self, "fault", "")
+        msg = task_state_message(st, failure)
         msg.header.stamp = stamp or to_time(self.now_s())
         msg.header.frame_id = "base_link"
         self.pub_task.publish(msg)
@@ -435,6 +424,25 @@ def _autostart(node: DriverNode) -> None:
             node.get_logger().fatal("autostart failed")
             raise SystemExit(1)
 
+
+
+def task_state_message(st: dict, failure: str = "") -> TaskState:
+    """The TaskState message of a backend's ``task_state()`` dict (no header); ``failure``: a
+    fault the driver adds to the scene's own."""
+    msg = TaskState(scene_seq=int(st["scene_seq"]), seed=int(st["seed"]),
+                    mirrored=bool(st["mirrored"]), instruction=st["instruction"],
+                    end_side=st["end_side"], eyelet_side=st["eyelet_side"],
+                    eyelet_index=int(st["eyelet_index"]), stage=int(st["stage"]),
+                    threaded=bool(st["threaded"]), success=bool(st["success"]),
+                    failed=bool(st["failed"]) or bool(failure),
+                    failure_reason=failure or st["failure_reason"],
+                    pulled_length=float(st["pulled_length"]),
+                    shoe_yaw=float(st.get("shoe_yaw", 0.0)))
+    c, d = st["eyelet_center"], st["threading_direction"]
+    msg.eyelet_center = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
+    msg.threading_direction = Vector3(x=float(d[0]), y=float(d[1]), z=float(d[2]))
+    msg.lace = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in st["lace"]]
+    return msg
 
 def main(argv: list[str] | None = None) -> None:
     run_node(DriverNode, argv, before_spin=_autostart)

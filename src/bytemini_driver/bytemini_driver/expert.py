@@ -26,7 +26,7 @@ OPEN, CLOSED = 0.022, 0.0   # a 4.4 cm aperture is enough for a lace and clears 
 
 
 @dataclass
-class ExpertConfig:
+class ScriptedExpertConfig:
     """Motion parameters of the scripted expert."""
 
     speed: float = 0.12
@@ -79,8 +79,8 @@ class ScriptedExpert:
     """Plans and tracks the lacing motion. Call :meth:`reset` per episode, then :meth:`act`
     every control period with the current observation."""
 
-    def __init__(self, config: ExpertConfig | None = None, ik: DualArmIK | None = None):
-        self.config = config or ExpertConfig()
+    def __init__(self, config: ScriptedExpertConfig | None = None, ik: DualArmIK | None = None):
+        self.config = config or ScriptedExpertConfig()
         self.ik = ik or DualArmIK()
         self.names = desc.actuated_joint_names()
         self.done = False

@@ -21,7 +21,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
-from bytemini_driver.node_main import NUMBER, run_node
+from grrl_tools.node_main import NUMBER, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
 

@@ -10,7 +10,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver import DriverFault, RobotDriver, SceneInfo
 from bytemini_driver.scene import SceneConfig
 from bytemini_driver.sim import PhysicsError, ShoeLacingSim, SimConfig
-from bytemini_driver.trajectory import JointLimits
+from bytemini_driver.trajectory import DriverLimits
 
 
 class MujocoDriver(RobotDriver):
@@ -38,12 +38,12 @@ class MujocoDriver(RobotDriver):
             raise DriverFault("the MuJoCo backend is not configured")
         return self.sim
 
-    def joint_limits(self) -> JointLimits:
+    def joint_limits(self) -> DriverLimits:
         lo, hi = self._sim().joint_limits
         vel = []
         for side in desc.SIDES:
             vel += [desc.ARM_LIMITS[j][2] for j in desc.ARM_JOINTS] + [desc.GRIPPER_LIMITS[2]]
-        return JointLimits(desc.actuated_joint_names(), lo, hi, np.array(vel))
+        return DriverLimits(desc.actuated_joint_names(), lo, hi, np.array(vel))
 
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
         sim = self._sim()

@@ -28,6 +28,14 @@ def instruction_text(end_side: str, eyelet_side: str, eyelet_index: int) -> str:
             f"on the {eyelet_side}")
 
 
+def all_instructions() -> list[str]:
+    """Every instruction the task gives (24: end side x eyelet side x eyelet), mirror images
+    included; e.g. what ``python -m grrl_policy.text_encoder OUT.safetensors --from
+    bytemini_driver.task:all_instructions`` precomputes text features for."""
+    return [instruction_text(e, s, i) for e in ("left", "right") for s in ("left", "right")
+            for i in range(len(ORDINALS))]
+
+
 @dataclass
 class TaskConfig:
     """Thresholds of the stage detector (metres unless noted)."""

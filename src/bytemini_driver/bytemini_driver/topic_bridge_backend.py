@@ -23,8 +23,8 @@ import numpy as np
 
 from bytemini_driver import description as desc
 from bytemini_driver.driver import DriverFault, RobotDriver
-from bytemini_driver.image_codec import ImageError, decode_compressed, decode_raw
-from bytemini_driver.trajectory import JointLimits
+from grrl_tools.image_codec import ImageError, decode_compressed, decode_raw
+from bytemini_driver.trajectory import DriverLimits
 
 DEFAULTS = {
     "bridge.joint_states_topic": "/joint_states",
@@ -132,7 +132,7 @@ class TopicBridgeDriver(RobotDriver):
             self.frames[cam] = img
 
     # ------------------------------------------------------------------ driver API
-    def joint_limits(self) -> JointLimits:
+    def joint_limits(self) -> DriverLimits:
         lo, hi, vel = [], [], []
         for side in desc.SIDES:
             for j in desc.ARM_JOINTS:
@@ -140,7 +140,7 @@ class TopicBridgeDriver(RobotDriver):
                 lo.append(a), hi.append(b), vel.append(v)
             a, b, v, _ = desc.GRIPPER_LIMITS
             lo.append(a), hi.append(b), vel.append(v)
-        return JointLimits(desc.actuated_joint_names(), np.array(lo), np.array(hi),
+        return DriverLimits(desc.actuated_joint_names(), np.array(lo), np.array(hi),
                            np.array(vel))
 
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:

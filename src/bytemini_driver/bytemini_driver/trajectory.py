@@ -19,8 +19,9 @@ class TrajectoryError(ValueError):
 
 
 @dataclass
-class JointLimits:
-    """Per-joint limits, aligned with ``names``."""
+class DriverLimits:
+    """Per-joint limits a driver validates commands against, aligned with ``names`` (the
+    planner's, with acceleration and jerk, are ``grrl_policy.chunk_executor.JointLimits``)."""
 
     names: list[str]
     lower: np.ndarray
@@ -59,7 +60,7 @@ class Trajectory:
         return self.points[-1].t if self.points else 0.0
 
 
-def validate(names: list[str], points: list[Waypoint], limits: JointLimits,
+def validate(names: list[str], points: list[Waypoint], limits: DriverLimits,
              start: np.ndarray | None = None) -> Trajectory:
     """Check a command; raise :class:`TrajectoryError` naming the first problem.
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bytemini_driver.task import (StageTracker, eyelet_crossings, instruction_text,
-                                  threaded_from_end)
+from bytemini_driver.task import (StageTracker, all_instructions, eyelet_crossings,
+                                  instruction_text, threaded_from_end)
 
 C, AX, R = np.array([0.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), 0.005
 
@@ -69,3 +69,13 @@ def test_jams():
 def test_instruction_text():
     assert instruction_text("left", "right", 1) == \
         "thread the left lace end through the second eyelet on the right"
+
+
+def test_all_instructions_are_distinct_and_exportable_by_name():
+    from grrl_policy.text_encoder import instructions_from
+    known = all_instructions()
+    assert len(known) == len(set(known)) == 24
+    assert instruction_text("right", "left", 5) in known
+    # what `python -m grrl_policy.text_encoder OUT --from bytemini_driver.task:all_instructions`
+    # precomputes features for
+    assert instructions_from("bytemini_driver.task:all_instructions") == known

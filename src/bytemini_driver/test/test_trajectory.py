@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bytemini_driver.trajectory import (JointLimits, TrajectoryError, TrajectoryFollower,
+from bytemini_driver.trajectory import (DriverLimits, TrajectoryError, TrajectoryFollower,
                                         Waypoint, validate)
 
-LIMITS = JointLimits(["a", "b", "g_gripper_finger_joint"], np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 0.04]),
+LIMITS = DriverLimits(["a", "b", "g_gripper_finger_joint"], np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 0.04]),
                      np.array([2.0, 2.0, 0.1]))
 
 

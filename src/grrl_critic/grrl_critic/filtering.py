@@ -31,7 +31,8 @@ class FilterConfig:
     horizon: int = 16
     """k: the window rho_{t:t+k} (the chunk length)"""
     drop: str = "peak_to_trough"
-    """'peak_to_trough' or 'consecutive'"""
+    """how a drop is measured: 'peak_to_trough' (the deepest fall below an earlier value in the
+    window) or 'consecutive' (the largest fall from one step to the next)"""
 
     def __post_init__(self) -> None:
         if self.drop not in ("peak_to_trough", "consecutive"):

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from grrl_policy.keys import PROPRIO
 from grrl_policy.model import GRRLModel
 from grrl_policy.prefix import Prefix
 
@@ -158,7 +159,7 @@ def noise_critic_loss(noise_logits: torch.Tensor, target_probs: torch.Tensor) ->
 class SteeringLearner:
     """Trains π_θ', Q_φ' and Q_φ of a :class:`GRRLModel` online with its backbone and action DiT
     frozen; ``update(batch)`` is one step of all three, ``warm_up_critic(batch)`` one step of
-    the critics only. Batches follow :mod:`grrl_trainer.batches` (obs, next_obs, proprio,
+    the critics only. Batches follow :mod:`grrl_trainer.data.batches` (obs, next_obs, proprio,
     next_proprio, actions in physical units, reward, done, offset); other keys (e.g. the
     rollout's ``noise``) are ignored."""
 
@@ -227,7 +228,7 @@ class SteeringLearner:
         if not torch.isfinite(b["reward"]).all():
             raise ValueError("the batch holds non-finite rewards")
         with torch.no_grad():
-            eps_next = self.noise_target(next_prefix, model.normalizer.norm("proprio", b["next_proprio"]))
+            eps_next = self.noise_target(next_prefix, model.normalizer.norm(PROPRIO, b["next_proprio"]))
             if cfg.target_noise_std > 0:
                 smooth = (torch.randn_like(eps_next) * cfg.target_noise_std).clamp(
                     -cfg.target_noise_clip, cfg.target_noise_clip)

@@ -1,6 +1,6 @@
 """Offline critic training with TD3+BC (paper section 3.1), distributional and Q-chunked.
 
-Per batch (see :mod:`grrl_trainer.batches`): state s_t, chunk a_{t:t+k}, an offset j in 1..k,
+Per batch (see :mod:`grrl_trainer.data.batches`): state s_t, chunk a_{t:t+k}, an offset j in 1..k,
 the eq. (1) reward r (gamma^(T-t) if the chunk prefix a_{t:t+j} reaches the end of a
 successful trajectory, else 0), done, and s_{t+j}. The critic's output j-1 is the value
 distribution of the chunk prefix a_{t:t+j} (causal critic = Q-chunking), so
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from grrl_policy.keys import PROPRIO
 from grrl_policy.experts import Expert
 from grrl_policy.model import GRRLModel, ModelConfig
 from grrl_policy.prefix import Prefix
@@ -59,7 +60,7 @@ class TD3BCConfig:
     policy_noise: float = 0.2
     """target policy smoothing: std of the noise on a', in normalised action units"""
     noise_clip: float = 0.5
-    """... clipped to +-noise_clip"""
+    """target policy smoothing: the noise on a' is clipped to +-noise_clip"""
     policy_delay: int = 2
     """actor and target updates every this many critic updates"""
     alpha: float = 2.5
@@ -175,7 +176,7 @@ class CriticTrainer:
         self.updates = 0
 
     def set_normalization(self, stats: dict) -> None:
-        """Dataset statistics (``grrl_trainer.batches.normalization_stats``) for the critic,
+        """Dataset statistics (``grrl_trainer.data.batches.normalization_stats``) for the critic,
         its target and, through them, the actor."""
         for m in (self.model, self.target):
             for name, (mean, std) in stats.items():
@@ -196,7 +197,7 @@ class CriticTrainer:
     def _actor_actions(self, actor: Expert, model: GRRLModel, prefix: Prefix,
                        proprio: torch.Tensor) -> torch.Tensor:
         """Normalised actor chunk (B, k, D)."""
-        return actor(prefix, model.normalizer.norm("proprio", proprio))
+        return actor(prefix, model.normalizer.norm(PROPRIO, proprio))
 
     # -- one step ------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:

@@ -109,7 +109,7 @@ def chunk_of(ps: np.ndarray, t: int, T: int, k: int) -> list:
 
 
 def make_batches(eps, k: int, gamma: float, rng: np.random.Generator, B: int):
-    """Samples in grrl_trainer.batches' layout: state obs = (x, y, 0), proprio = (x, y),
+    """Samples in grrl_trainer.data.batches' layout: state obs = (x, y, 0), proprio = (x, y),
     actions = the next k positions (padded), hindsight failures at the retry keyframes."""
     segments = []
     for e, (ps, success, frames, _) in enumerate(eps):

@@ -19,7 +19,13 @@ import torch
 
 from .model import GRRLModel, QwenConfig, preset
 from .policy_runtime import CAMERAS
+from .robot import RobotDescription, default_robot
 from .trajectory_optimizer import JerkLimitedOptimizer
+
+HOME_POSTURE = {"elbow_joint": -2.094, "wrist_pitch_joint": 2.094, "gripper_finger_joint": 0.04}
+"""``{side}_<joint>`` values of ByteMini-v2's home posture (the simulator's: both tcps ahead at
+table height, fingers down), the other joints at 0; the IK decode is timed from there because
+its cost depends on the posture (on which limits are near)"""
 
 
 def timed(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -> np.ndarray:
@@ -38,6 +44,16 @@ def timed(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -> np.
 
 def stats(name: str, s: np.ndarray) -> dict:
     return {"name": name, "p50_ms": 1e3 * float(np.median(s)), "p99_ms": 1e3 * float(np.quantile(s, 0.99))}
+
+
+def working_posture(robot: RobotDescription) -> np.ndarray:
+    """(n,) joint vector to time the IK decode from: :data:`HOME_POSTURE` where the robot has
+    those joints, 0 elsewhere, within the joint ranges."""
+    q = np.zeros(len(robot.actuated_joint_names))
+    for i, name in enumerate(robot.actuated_joint_names):
+        for side in robot.sides:
+            q[i] = HOME_POSTURE.get(name.removeprefix(f"{side}_"), q[i])
+    return np.clip(q, robot.lower, robot.upper)
 
 
 def build(config: str, qwen_path: str, device: torch.device) -> GRRLModel:
@@ -116,13 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                             lambda: None)))
     if cfg.action_space == "task":
         # a task-space chunk becomes joint targets by differential IK before the joint QP
-        from bytemini_driver.sim import ShoeLacingSim
-
+        # (the default robot, from its home posture)
         from .task_space import TaskSpaceDecoder
-        sim = ShoeLacingSim()
-        home_q = sim.home_q.copy()
-        sim.close()
         dec = TaskSpaceDecoder(0.1)
+        home_q = working_posture(dec.robot)
         home = dec.proprio(home_q)
         paths = [home + np.cumsum(rng.normal(0, 0.004, (k, D)), axis=0) for _ in range(args.iters)]
         it_task = iter(paths * 3)
@@ -130,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                           timed(lambda: dec.joints(next(it_task), home_q), args.iters, lambda: None)))
     if cfg.action_space == "task" or D == 16:
         # the node's full post-processing: receding-horizon splice + QP with ByteMini-v2 limits
-        from bytemini_driver.description import actuated_joint_limits
         from .chunk_executor import ChunkExecutor, ExecutorConfig, JointLimits
-        lo, hi, vel = actuated_joint_limits()
+        lo, hi, vel = default_robot().joint_limits()
         v = 0.8 * vel
         ex = ChunkExecutor(JointLimits(lo, hi, v, 4 * v, 40 * v), ExecutorConfig(dt=0.1, execute_steps=8))
         base = 0.5 * (lo + hi)

@@ -39,6 +39,7 @@ from typing import Protocol
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from grrl_policy.robot import RobotDescription, resolve
 from grrl_policy.trajectory_optimizer import (JerkLimitedOptimizer, OptimizerConfig,
                                               TrajectoryOptimizerError)
 
@@ -596,14 +597,13 @@ class ChunkExecutor:
 # ------------------------------------------------------------------------------ robot limits
 
 def joint_limits(velocity_scale: float = 0.8, acceleration_limit: float = 4.0,
-                 jerk_limit: float = 40.0) -> JointLimits:
-    """The limits chunks of the 16 actuated joints are planned with: the URDF's position
-    range, ``velocity_scale`` x its velocity limits, and acceleration/jerk bounds of
-    ``acceleration_limit`` / ``jerk_limit`` x that planned velocity (per second / second^2).
+                 jerk_limit: float = 40.0, robot: RobotDescription | None = None) -> JointLimits:
+    """The limits chunks of the robot's actuated joints (16 for ByteMini-v2, the default
+    robot) are planned with: the URDF's position range, ``velocity_scale`` x its velocity
+    limits, and acceleration/jerk bounds of ``acceleration_limit`` / ``jerk_limit`` x that
+    planned velocity (per second / second^2).
 
     Shared by the policy node and offline evaluation, so both execute chunks identically."""
-    from bytemini_driver.description import actuated_joint_limits
-
-    lo, hi, vel = actuated_joint_limits()
+    lo, hi, vel = resolve(robot).joint_limits()
     v = vel * float(velocity_scale)
     return JointLimits(lo, hi, v, v * float(acceleration_limit), v * float(jerk_limit))

@@ -18,6 +18,8 @@ from torch import nn
 
 from . import flow_matching
 from .experts import Expert, ExpertConfig
+from .keys import ACTION, IMAGES, PROPRIO, STATE
+from .sim_state_spec import STATE_DIM
 from .prefix import Backbone, Prefix
 from .tiny_backbone import TinyBackbone, TinyBackboneConfig
 
@@ -73,6 +75,21 @@ class ModelConfig:
     """'absolute' targets, or 'delta': the model works on a - q (targets relative to the current
     joint positions; needs action_dim == proprio_dim), normalised by the statistics of a - q"""
 
+    @property
+    def observes_state(self) -> bool:
+        """The model observes the simulator state instead of camera images."""
+        return self.backbone == "tiny" and self.tiny.observation == "state"
+
+    @property
+    def observation_key(self) -> str:
+        """The model input besides proprioception and instruction: ``STATE`` or ``IMAGES``."""
+        return STATE if self.observes_state else IMAGES
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square camera images the model takes (image models)."""
+        return self.tiny.image_size if self.backbone == "tiny" else self.qwen.image_size
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -98,15 +115,12 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     elif name == "tiny-state":
         # a quarter of tiny's compute: the state needs no image tokens, and the whole offline +
         # online pipeline must train on a 2-core CPU
-        from bytemini_driver.sim_state import STATE_DIM
         cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(
             width=64, layers=2, heads=4, kv_heads=2, head_dim=16, observation="state",
             state_dim=STATE_DIM, state_tokens=4), expert=ExpertConfig(width=64, heads=4, mlp_ratio=2.0))
     elif name == "tiny-state-task":
         # the reproduction's policy: simulator state in, wrist poses out (task_space.py); 4
         # backbone layers so that the experts get 2 (one layer could not fit the demonstrations)
-        from bytemini_driver.sim_state import STATE_DIM
-
         from .task_space import TASK_DIM
         cfg = ModelConfig(name=name, tiny=TinyBackboneConfig(
             width=128, layers=4, heads=4, kv_heads=2, head_dim=32, observation="state",
@@ -163,7 +177,7 @@ class Normalizer(nn.Module):
 
     def __init__(self, action_dim: int, proprio_dim: int):
         super().__init__()
-        for name, dim in (("action", action_dim), ("proprio", proprio_dim)):
+        for name, dim in ((ACTION, action_dim), (PROPRIO, proprio_dim)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
 
@@ -220,7 +234,7 @@ class GRRLModel(nn.Module):
                           steps: int | None = None) -> torch.Tensor:
         """π_θ(s | ε): the deterministic flow from ε (B, k, D) to normalised actions (B, k, D),
         reusing one prefix for every step."""
-        p = self.normalizer.norm("proprio", proprio)
+        p = self.normalizer.norm(PROPRIO, proprio)
         return flow_matching.integrate(lambda x, t: self.velocity(prefix, p, x, t), noise,
                                        steps or self.cfg.flow_steps)
 
@@ -243,7 +257,7 @@ class GRRLModel(nn.Module):
         if reuse_prefix:
             a = self.sample_normalized(prefix, proprio, noise, steps)
         else:
-            p = self.normalizer.norm("proprio", proprio)
+            p = self.normalizer.norm(PROPRIO, proprio)
             a = flow_matching.integrate(lambda x, t: self.velocity(self.encode(obs), p, x, t),
                                         noise, steps or self.cfg.flow_steps)
         return self.decode_actions(a, proprio), noise
@@ -265,7 +279,7 @@ class GRRLModel(nn.Module):
         """Flow-matching behaviour-cloning loss on physical-unit chunks (B, k, D)."""
         prefix = prefix if prefix is not None else self.encode(obs)
         a = self.encode_actions(actions, proprio)
-        p = self.normalizer.norm("proprio", proprio)
+        p = self.normalizer.norm(PROPRIO, proprio)
         noise = torch.randn(a.shape, generator=generator, device=a.device)
         t = flow_matching.sample_time(a.shape[0], a.device, generator, self.cfg.flow_time)
         return flow_matching.flow_matching_loss(lambda x, tt: self.velocity(prefix, p, x, tt),
@@ -275,17 +289,17 @@ class GRRLModel(nn.Module):
     def critic_logits(self, prefix: Prefix, proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q_φ: (n_critics, B, k, bins) logits for physical-unit chunks (B, k, D); step j is the
         value distribution of the chunk prefix a_{t:t+j+1} (Q-chunking, causal)."""
-        p = self.normalizer.norm("proprio", proprio)
+        p = self.normalizer.norm(PROPRIO, proprio)
         a = self.encode_actions(actions, proprio)
         return torch.stack([c(prefix, p, a) for c in self.critics])
 
     def predict_noise(self, prefix: Prefix, proprio: torch.Tensor) -> torch.Tensor:
         """π_θ'(s): the initial noise ε (B, k, D) that steers the flow policy."""
-        return self.noise_predictor(prefix, self.normalizer.norm("proprio", proprio))
+        return self.noise_predictor(prefix, self.normalizer.norm(PROPRIO, proprio))
 
     def noise_critic_logits(self, prefix: Prefix, proprio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Q_φ'(s, ε): (B, k, bins) logits over the value of the chunk generated from ε."""
-        return self.noise_critic(prefix, self.normalizer.norm("proprio", proprio), noise)
+        return self.noise_critic(prefix, self.normalizer.norm(PROPRIO, proprio), noise)
 
     # -- parameter groups -----------------------------------------------------------------
     def policy_parameters(self) -> list[nn.Parameter]:

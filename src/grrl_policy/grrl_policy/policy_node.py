@@ -20,11 +20,14 @@ otherwise, and on any model or optimizer failure, the node logs the reason and c
 (the robot holds). Checkpoints are loaded on their own
 thread, verified (sha256, config, shapes) and swapped atomically; a refused one is reported.
 
-With ``steer`` the initial noise is the noise predictor's ε (online RL), plus Gaussian
-exploration of std ``steer_noise_std`` around it, for checkpoints whose predictor was trained
-online (``extra.steerable``); an offline checkpoint is acted with ε ~ N(0, I) even then (the
-paper's warm-up rollouts of the offline policy), until the trainer's first checkpoint is loaded.
-The chunk message carries the noise used and whether it was steered.
+The command path itself (observation checks, noise, inference, IK decode, re-plan rule,
+jerk-limited plan, stop on a hold) is :class:`grrl_policy.controller.PolicyController`, the same
+object evaluation and online rollouts drive; this node converts messages and owns threads/QoS.
+Parameters: :class:`PolicyNodeConfig` (its fields and the controller's, with their defaults).
+With ``steer`` the initial noise is the noise predictor's ε (plus ``explore_std`` exploration)
+for checkpoints whose predictor was trained online (``extra.steerable``); an offline checkpoint
+is acted with ε ~ N(0, I) even then (the paper's warm-up rollouts). The noise of an episode is
+seeded from (``noise_seed``, the episode's scene seed), as in evaluation.
 """
 from __future__ import annotations
 
@@ -43,16 +46,19 @@ from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from bytemini_driver import description as desc
-from bytemini_driver.image_codec import ImageError, decode_raw
-from bytemini_driver.node_main import NUMBER, run_node
-from bytemini_driver.sim_state import state_from_task_state
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
+from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.image_codec import ImageError, decode_raw
+from grrl_tools.node_main import run_node
 
 from .checkpoint import CheckpointError
-from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, joint_limits
-from .policy_runtime import CAMERAS, ObservationError, Policy, PolicyOutputError, build_observation
-from .task_space import action_codec, check_executable, task_names
+from .controller import (Command, ControllerConfig, HoldError, Inference, Observation,
+                         PolicyController)
+from .keys import CAMERAS
+from .policy_runtime import Policy
+from .robot import load_robot
+from .sim_state_spec import state_from_task_state
+from .task_space import task_names
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -90,64 +96,60 @@ class Snapshot:
     """the simulator state the observation is built from (state models)"""
 
 
+@dataclass
+class PolicyNodeConfig:
+    """Parameters of the policy node (the controller's are its own: ``execute_steps``, ...)."""
+
+    checkpoint: str = ""
+    """safetensors weights (JSON beside them); empty: a freshly initialised model"""
+    robot_description: str = ""
+    """the robot's URDF (XML text, as ROS's robot_description, or a file path): joint names,
+    limits and the kinematics of the IK decode; empty: ByteMini-v2 (shipped with the package)"""
+    preset: str = "tiny"
+    """model preset of a fresh model"""
+    seed: int = 0
+    """initialisation seed of a fresh model"""
+    device: str = "cpu"
+    """torch device of the policy"""
+    threads: int = 1
+    """torch CPU threads (1: on a small machine the simulator and DDS need the other core)"""
+    max_staleness: float = 0.5
+    """wall seconds an input may be old before the robot holds"""
+    sync_slop: float = 0.15
+    """seconds between camera (or task-state) stamps and the joint-state stamp, plus one step"""
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    """the command path: receding horizon, limits, noise"""
+
+
+PARAMETER_FLATTEN = ("controller",)
+
+
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("grrl_policy")
-        p = self.declare_parameter
-        p("checkpoint", "")                  # safetensors path; empty: a freshly initialised model
-        p("preset", "tiny")                  # model preset for a fresh model
-        p("seed", 0)                         # init seed of a fresh model, and of the sampling noise
-        p("device", "cpu")
-        p("threads", 1)                      # torch CPU threads
-        p("steer", False)                    # initial noise from the noise predictor (online RL)
-        p("steer_noise_std", 0.0, NUMBER)    # with steer: exploration noise around the steered ε
-        p("flow_steps", 0)                   # 0: the model's own setting
-        p("step_period", 0.1, NUMBER)        # s between chunk steps (the demonstrations' rate)
-        p("execute_steps", 8)                # m: receding horizon
-        p("temporal_ensembling", False)
-        p("ensemble_decay", 0.1, NUMBER)
-        p("max_staleness", 0.5, NUMBER)      # wall seconds an input may be old
-        p("sync_slop", 0.15, NUMBER)         # s between camera stamps and the joint state stamp
-        p("acceleration_limit", 4.0, NUMBER)  # x velocity limit, per second
-        p("jerk_limit", 40.0, NUMBER)        # x velocity limit, per second^2
-        p("velocity_scale", 0.8, NUMBER)     # fraction of the URDF velocity limits planned with
-        g = lambda n: self.get_parameter(n).value   # noqa: E731
-        torch.set_num_threads(int(g("threads")))
-        torch.manual_seed(int(g("seed")))
-        self.steer, self.flow_steps = bool(g("steer")), int(g("flow_steps")) or None
-        self.explore_std = float(g("steer_noise_std"))
-        if self.explore_std < 0:
-            raise ValueError(f"steer_noise_std must be >= 0, got {self.explore_std}")
-        self.rng = np.random.default_rng(int(g("seed")))
-        self.dt, self.m = float(g("step_period")), int(g("execute_steps"))
-        self.max_staleness, self.sync_slop = float(g("max_staleness")), float(g("sync_slop"))
-        ckpt = str(g("checkpoint"))
-        self.policy = Policy.load(ckpt, device=str(g("device"))) if ckpt else \
-            Policy.fresh(str(g("preset")), int(g("seed")), str(g("device")))
-        cfg = self.policy.config
-        check_executable(cfg.action_space, cfg.action_dim, cfg.proprio_dim, "this node")
-        self.names = desc.actuated_joint_names()
-        # joint states -> the model's proprioception, chunks -> joint targets (IK for 'task')
-        self.codec = action_codec(cfg.action_space, self.dt)
-        self.chunk_names = task_names() if cfg.action_space == "task" else self.names
-        self.limits = joint_limits(float(g("velocity_scale")), float(g("acceleration_limit")),
-                                   float(g("jerk_limit")))
-        self.executor_cfg = ExecutorConfig(dt=self.dt, execute_steps=self.m,
-                                           temporal_ensembling=bool(g("temporal_ensembling")),
-                                           ensemble_decay=float(g("ensemble_decay")))
-        self.chunks = ChunkExecutor(self.limits, self.executor_cfg)
+        declare_parameters(self, PolicyNodeConfig(), flatten=PARAMETER_FLATTEN)
+        self.cfg = cfg = from_parameters(self, PolicyNodeConfig(), flatten=PARAMETER_FLATTEN)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.policy = Policy.load(cfg.checkpoint, device=cfg.device) if cfg.checkpoint else \
+            Policy.fresh(cfg.preset, cfg.seed, cfg.device)
+        robot = load_robot(cfg.robot_description) if cfg.robot_description else None
+        self.controller = PolicyController(self.policy, cfg.controller, "this node", robot)
+        mcfg = self.policy.config
+        self.dt = cfg.controller.step_period
+        self.names = self.controller.joint_names
+        self.chunk_names = task_names(self.controller.robot) if mcfg.action_space == "task" \
+            else self.names
         self.lock = threading.Lock()
-        self.state_obs = cfg.backbone == "tiny" and cfg.tiny.observation == "state"
+        self.state_obs = mcfg.observes_state
         self.images = {} if self.state_obs else {c: Latest() for c in CAMERAS}
         self.task = Latest()
         self.joints = Latest()
         self.episode: EpisodeEvent | None = None
-        self.next_plan = float("-inf")        # sim time the next re-plan is due
         self.busy = False
         self.holding = False
         self.last_reason = ""
         self.closing = False
-        self.hold_target: np.ndarray | None = None   # the last stop commanded (see _run)
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self.pub_cmd = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory", COMMAND_QOS)
@@ -162,12 +164,13 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
         self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, LATCHED)
         self.create_subscription(CheckpointInfo, "grrl/checkpoint", self.on_checkpoint, LATCHED)
+        c = cfg.controller
         self.get_logger().info(
-            f"policy {cfg.name} version {self.policy.version} ready "
-            f"({'checkpoint ' + ckpt if ckpt else 'freshly initialised'}; "
+            f"policy {mcfg.name} version {self.policy.version} ready "
+            f"({'checkpoint ' + cfg.checkpoint if cfg.checkpoint else 'freshly initialised'}; "
             f"observes {'the simulator state' if self.state_obs else 'the cameras'}; "
-            f"steer={self.steer}{f' (exploration std {self.explore_std})' if self.steer else ''}, "
-            f"k={cfg.horizon}, m={self.m}, dt={self.dt})")
+            f"steer={c.steer}{f' (exploration std {c.explore_std})' if c.steer else ''}, "
+            f"k={mcfg.horizon}, m={c.execute_steps}, dt={self.dt})")
         self._say_steering()
 
     # ---------------------------------------------------------------- inputs
@@ -188,10 +191,9 @@ class PolicyNode(Node):
     def on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_STARTED:
             with self.lock:
-                self.episode, self.next_plan, self.holding = msg, float("-inf"), False
-                self.chunks.reset()
-                self.hold_target = None
-                self.codec.reset()       # IK posture: the joints at the episode's first chunk
+                self.episode, self.holding = msg, False
+                # IK posture: the joints at the episode's first chunk; noise seeded by the scene
+                self.controller.start_episode(msg.seed)
             self.get_logger().info(f"episode {msg.episode_id}: acting on '{msg.instruction}'")
         elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
                            EpisodeEvent.EVENT_INVALID):
@@ -213,7 +215,7 @@ class PolicyNode(Node):
             entry.value = np.array([msg.position[order[n]] for n in self.names], float)
         with self.lock:
             self.joints = entry
-            if self.episode is None or self.busy or entry.stamp < self.next_plan:
+            if self.episode is None or self.busy or not self.controller.due(entry.stamp):
                 return
             self.busy = True
             snap = self._snapshot(now)
@@ -224,14 +226,15 @@ class PolicyNode(Node):
         j = self.joints
         errors = [j.error] if j.error else []
         images = {}
+        slop = self.cfg.sync_slop + self.dt
         for cam, e in self.images.items():
             if e.error:
                 errors.append(e.error)
             elif e.value is None:
                 errors.append(f"no image from camera {cam} yet")
-            elif now - e.arrived > self.max_staleness:
+            elif now - e.arrived > self.cfg.max_staleness:
                 errors.append(f"camera {cam} is stale ({now - e.arrived:.2f} s old)")
-            elif abs(e.stamp - j.stamp) > self.sync_slop + self.dt:
+            elif abs(e.stamp - j.stamp) > slop:
                 errors.append(f"camera {cam} is out of sync with the joint state "
                               f"({e.stamp - j.stamp:+.3f} s)")
             else:
@@ -241,9 +244,9 @@ class PolicyNode(Node):
             t = self.task
             if t.value is None:
                 errors.append("no task state from the simulator yet")
-            elif now - t.arrived > self.max_staleness:
+            elif now - t.arrived > self.cfg.max_staleness:
                 errors.append(f"the task state is stale ({now - t.arrived:.2f} s old)")
-            elif abs(t.stamp - j.stamp) > self.sync_slop + self.dt:
+            elif abs(t.stamp - j.stamp) > slop:
                 errors.append(f"the task state is out of sync with the joint state "
                               f"({t.stamp - j.stamp:+.3f} s)")
             elif t.value.seed != self.episode.seed:
@@ -259,35 +262,21 @@ class PolicyNode(Node):
         if self.closing:
             return
         try:
-            if snap.errors:
-                raise ObservationError("; ".join(snap.errors))
             state = state_from_task_state(snap.task) if snap.task is not None else None
-            obs, proprio = build_observation(self.policy.config, snap.instruction,
-                                             self.codec.proprio(snap.q), snap.images, state=state)
-            cfg = self.policy.config
-            steer = self.steer and self.policy.steerable
-            explore = self.explore_std * self.rng.standard_normal(
-                (cfg.horizon, cfg.action_dim)).astype(np.float32) \
-                if steer and self.explore_std > 0 else None
-            chunk = self.policy.infer(obs, proprio, steer=steer, steps=self.flow_steps,
-                                      explore=explore)
-            joints = self.codec.joints(chunk.actions, snap.q)
+            obs = Observation(snap.q, snap.t_obs, snap.instruction,
+                              images=None if self.state_obs else snap.images, state=state,
+                              errors=snap.errors)
+            inference = self.controller.infer(obs)
             with self.lock:
                 if self.episode is None or self.episode.episode_id != snap.episode_id:
                     return                                   # the episode ended meanwhile
-                t_now = max(self.joints.stamp, snap.t_obs)
-                # after a stop the driver tracks the stop target, not the measured joints (which
-                # lag it): splice there, or the driver refuses the first point as a jump
-                state = self.chunks.state_at(t_now, measured=snap.q if self.hold_target is None
-                                             else self.hold_target)
-                plan = self.chunks.plan(joints, snap.t_obs, state)
-                self.next_plan = plan.execute_until - 0.5 * self.dt
-                self.holding, self.hold_target = False, None
-            self._publish(snap, chunk, plan, t_now)
+                command = self.controller.plan(inference, self.joints.stamp)
+                self.holding = False
+            self._publish(snap, inference, command)
             if self.last_reason:
                 self.get_logger().info(f"acting again (was holding: {self.last_reason})")
                 self.last_reason = ""
-        except (ObservationError, PolicyOutputError, ChunkExecutorError, ValueError) as e:
+        except (HoldError, ValueError) as e:
             self.hold(str(e))
         except Exception as e:  # noqa: BLE001 - the command path must never die: hold
             self.hold(f"inference failed: {e!r}")
@@ -295,8 +284,8 @@ class PolicyNode(Node):
             with self.lock:
                 self.busy = False
 
-    def _publish(self, snap: Snapshot, chunk, plan, t_now: float) -> None:
-        cfg = self.policy.config
+    def _publish(self, snap: Snapshot, inference: Inference, command: Command) -> None:
+        cfg, chunk = self.policy.config, inference.chunk
         msg = ActionChunk(dimension_names=self.chunk_names, horizon=cfg.horizon, action_dim=cfg.action_dim,
                           actions=chunk.actions.astype(np.float32).ravel().tolist(),
                           initial_noise=chunk.noise.astype(np.float32).ravel().tolist(),
@@ -305,13 +294,19 @@ class PolicyNode(Node):
                           episode_id=snap.episode_id)
         msg.header.stamp.sec, msg.header.stamp.nanosec = int(snap.t_obs), int((snap.t_obs % 1) * 1e9)
         self.pub_chunk.publish(msg)
+        self.pub_cmd.publish(self._trajectory(command))
+
+    def _trajectory(self, command: Command) -> JointTrajectory:
         traj = JointTrajectory(joint_names=self.names)
-        for t, q, v, a in zip(plan.times, plan.positions, plan.velocities, plan.accelerations):
-            traj.points.append(JointTrajectoryPoint(
-                positions=np.clip(q, self.limits.lower, self.limits.upper).tolist(),
-                velocities=np.clip(v, -self.limits.velocity, self.limits.velocity).tolist(),
-                accelerations=a.tolist(), time_from_start=duration(t - t_now)))
-        self.pub_cmd.publish(traj)
+        acc = command.accelerations
+        for i, t in enumerate(command.times):
+            point = JointTrajectoryPoint(positions=command.positions[i].tolist(),
+                                         velocities=command.velocities[i].tolist(),
+                                         time_from_start=duration(t))
+            if acc is not None:
+                point.accelerations = acc[i].tolist()
+            traj.points.append(point)
+        return traj
 
     def hold(self, reason: str) -> None:
         """Log why, and stop smoothly where the current plan is (once per failure streak)."""
@@ -324,26 +319,9 @@ class PolicyNode(Node):
             if self.holding:
                 return
             self.holding = True
-            plan_exists = self.chunks.current_plan is not None
-            t = self.joints.stamp
-            state = None
-            if plan_exists and np.isfinite(t):
-                try:
-                    state = self.chunks.state_at(t)
-                except (ChunkExecutorError, ValueError):
-                    state = None
-            self.chunks.reset()
-            self.next_plan = float("-inf") if self.episode is not None else self.next_plan
-        if state is None:
-            return        # nothing was commanded, or no time base: the driver holds by itself
-        # stop within the acceleration limit, at the point the current velocity carries to
-        t_stop = max(self.dt, 1.5 * float(np.max(np.abs(state.velocity) / self.limits.acceleration)))
-        target = np.clip(state.position + 0.5 * t_stop * state.velocity, self.limits.lower, self.limits.upper)
-        with self.lock:
-            self.hold_target = target
-        self.pub_cmd.publish(JointTrajectory(joint_names=self.names, points=[JointTrajectoryPoint(
-            positions=target.tolist(), velocities=[0.0] * len(self.names),
-            time_from_start=duration(t_stop))]))
+            command = self.controller.hold(self.joints.stamp)
+        if command is not None:     # else nothing was commanded: the driver holds by itself
+            self.pub_cmd.publish(self._trajectory(command))
 
     # ---------------------------------------------------------------- checkpoints
     def on_checkpoint(self, msg: CheckpointInfo) -> None:
@@ -372,7 +350,7 @@ class PolicyNode(Node):
         self.pub_status.publish(reply)
 
     def _say_steering(self) -> None:
-        if self.steer and not self.policy.steerable:
+        if self.cfg.controller.steer and not self.policy.steerable:
             self.get_logger().info(
                 f"version {self.policy.version} has no online-trained noise predictor: acting "
                 "with epsilon ~ N(0, I) (warm-up) until a steerable checkpoint is loaded")

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointMeta, load_checkpoint
+from .keys import CAMERAS, IMAGES, INSTRUCTION, STATE
 from .model import GRRLModel, ModelConfig, preset
 
 log = logging.getLogger(__name__)
-
-CAMERAS = ("head", "left_wrist", "right_wrist")
 
 
 class ObservationError(ValueError):
@@ -63,16 +62,16 @@ def build_observation(cfg: ModelConfig, instruction: str, proprio: np.ndarray,
         raise ObservationError(f"proprioception has shape {proprio.shape}, expected ({cfg.proprio_dim},)")
     if not np.isfinite(proprio).all():
         raise ObservationError(f"non-finite proprioception at indices {np.flatnonzero(~np.isfinite(proprio)).tolist()}")
-    obs: dict = {"instruction": [instruction]}
-    if cfg.backbone == "tiny" and cfg.tiny.observation == "state":
+    obs: dict = {INSTRUCTION: [instruction]}
+    if cfg.observes_state:
         if state is None:
             raise ObservationError("the model observes simulator state, none was given")
         state = np.asarray(state, dtype=np.float32)
         if state.shape != (cfg.tiny.state_dim,) or not np.isfinite(state).all():
             raise ObservationError(f"state must be finite ({cfg.tiny.state_dim},), got {state.shape}")
-        obs["state"] = torch.from_numpy(state)[None]
+        obs[STATE] = torch.from_numpy(state)[None]
     else:
-        size = cfg.tiny.image_size if cfg.backbone == "tiny" else cfg.qwen.image_size
+        size = cfg.image_size
         images = images or {}
         missing = [c for c in CAMERAS if images.get(c) is None]
         if missing:
@@ -84,7 +83,7 @@ def build_observation(cfg: ModelConfig, instruction: str, proprio: np.ndarray,
                 raise ObservationError(f"camera {cam}: image is {img.dtype} {img.shape}, the model "
                                        f"needs uint8 ({size}, {size}, 3)")
             stack.append(img)
-        obs["images"] = torch.from_numpy(np.stack(stack))[None]
+        obs[IMAGES] = torch.from_numpy(np.stack(stack))[None]
     return obs, torch.from_numpy(proprio)[None]
 
 

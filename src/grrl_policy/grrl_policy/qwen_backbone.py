@@ -58,6 +58,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLModel,
 )
 
+from grrl_policy.keys import IMAGES, INSTRUCTION
 from grrl_policy.prefix import Backbone, Prefix
 
 logger = logging.getLogger(__name__)
@@ -254,9 +255,9 @@ class QwenBackbone(Backbone):
         return next(self.model.parameters()).device
 
     def _check_obs(self, obs: dict) -> tuple[torch.Tensor, list[str]]:
-        if "images" not in obs or obs["images"] is None:
+        if IMAGES not in obs or obs[IMAGES] is None:
             raise ValueError("QwenBackbone needs obs['images'] of shape (B, n_cameras, H, W, 3) uint8")
-        images = obs["images"]
+        images = obs[IMAGES]
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"obs['images'] must be a torch.Tensor, got {type(images).__name__}")
         if images.dtype != torch.uint8:
@@ -266,7 +267,7 @@ class QwenBackbone(Backbone):
                 "obs['images'] must have shape (B, n_cameras, H, W, 3) with B, n_cameras >= 1, "
                 f"got {tuple(images.shape)}"
             )
-        instruction = obs.get("instruction")
+        instruction = obs.get(INSTRUCTION)
         if isinstance(instruction, str) or not isinstance(instruction, Sequence):
             raise ValueError("obs['instruction'] must be a list of strings, one per sample")
         if len(instruction) != images.shape[0]:

@@ -13,12 +13,16 @@ chunk is turned into joint targets by differential IK (:class:`TaskSpaceDecoder`
 from the measured joints, before the joint-space trajectory optimizer and the driver: the rest
 of the command path (limits, jerk-limited splicing, validation, hold on error) is the same for
 both action spaces.
+
+Everything robot-specific (the side names, the joint order, the tcp frames, the IK's model and
+limits) comes from a :class:`~grrl_policy.robot.RobotDescription`; every ``robot=None``
+argument means the default robot (ByteMini-v2).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from bytemini_driver import description as desc
+from .robot import RobotDescription, resolve
 
 ARM_DIM = 10
 TASK_DIM = 2 * ARM_DIM
@@ -58,18 +62,27 @@ def task_vector(tcp: np.ndarray, gripper: np.ndarray) -> np.ndarray:
     return arms.reshape(*arms.shape[:-2], TASK_DIM).astype(np.float32)
 
 
-def task_vector_from_poses(poses: dict[str, np.ndarray], gripper: np.ndarray) -> np.ndarray:
-    """side → 4x4 tcp pose and gripper (2,) (left, right) → (20,)."""
+def _sides(robot: RobotDescription | None) -> tuple[str, ...]:
+    sides = resolve(robot).sides
+    if len(sides) != 2:
+        raise ValueError(f"the task-space vector describes two arms; the robot has {sides}")
+    return sides
+
+
+def task_vector_from_poses(poses: dict[str, np.ndarray], gripper: np.ndarray,
+                           robot: RobotDescription | None = None) -> np.ndarray:
+    """side → 4x4 tcp pose and gripper (2,) (in ``robot.sides`` order) → (20,)."""
     arms = [np.r_[poses[s][:3, 3], poses[s][:3, 0], poses[s][:3, 1], gripper[i]]
-            for i, s in enumerate(desc.SIDES)]
+            for i, s in enumerate(_sides(robot))]
     return np.concatenate(arms).astype(np.float32)
 
 
-def poses_from_task_vector(v: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def poses_from_task_vector(v: np.ndarray, robot: RobotDescription | None = None
+                           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(20,) → side → 4x4 tcp pose (rotation orthonormalised), gripper (2,)."""
     v = np.asarray(v, np.float64).reshape(2, ARM_DIM)
     poses = {}
-    for i, s in enumerate(desc.SIDES):
+    for i, s in enumerate(_sides(robot)):
         T = np.eye(4)
         T[:3, :3] = rot6d_to_matrix(v[i, 3:9])
         T[:3, 3] = v[i, :3]
@@ -86,10 +99,10 @@ def mirror_task(v: np.ndarray) -> np.ndarray:
     return arms.reshape(v.shape)
 
 
-def task_names() -> list[str]:
+def task_names(robot: RobotDescription | None = None) -> list[str]:
     """Dimension names of the 20-vector (for ActionChunk messages and logs)."""
     fields = ("x", "y", "z", "r11", "r21", "r31", "r12", "r22", "r32", "gripper")
-    return [f"{s}_{f}" for s in desc.SIDES for f in fields]
+    return [f"{s}_{f}" for s in _sides(robot) for f in fields]
 
 
 class TaskSpaceDecoder:
@@ -97,15 +110,19 @@ class TaskSpaceDecoder:
 
     The IK is the scripted expert's (dual-arm ``mink``, joint position and velocity limits, a
     light posture task towards the configuration the episode started in, which resolves the
-    seventh joint as the demonstrations did). Call :meth:`reset` at the start of an episode."""
+    seventh joint as the demonstrations did). Call :meth:`reset` at the start of an episode.
+    Joint vectors are (n,) in ``robot.actuated_joint_names`` order (16 for ByteMini-v2)."""
 
-    def __init__(self, step_period: float = 0.1, iterations: int = 3):
-        from bytemini_driver.ik import DualArmIK      # mink/MuJoCo: only where it is used
-        self.ik = DualArmIK()
+    def __init__(self, step_period: float = 0.1, iterations: int = 3,
+                 robot: RobotDescription | None = None):
+        from .kinematics import DualArmIK      # mink/MuJoCo: only where it is used
+        self.robot = resolve(robot)
+        self.sides = _sides(self.robot)
+        self.ik = DualArmIK(robot=self.robot)
         self.step_period = float(step_period)
         self.iterations = int(iterations)
-        self.names = desc.actuated_joint_names()
-        self.grippers = [self.names.index(desc.gripper_joint_name(s)) for s in desc.SIDES]
+        self.names = list(self.robot.actuated_joint_names)
+        self.grippers = self.robot.gripper_indices()
         self._posture_set = False
 
     def reset(self, q: np.ndarray | None = None) -> None:
@@ -119,13 +136,13 @@ class TaskSpaceDecoder:
         self._posture_set = True
 
     def proprio(self, q: np.ndarray) -> np.ndarray:
-        """Joint positions (16,) → task vector (20,) of the tcps they put the arms at."""
+        """Joint positions (n,) → task vector (20,) of the tcps they put the arms at."""
         q = np.asarray(q, np.float64)
-        poses = {s: self.ik.fk(q, s) for s in desc.SIDES}
-        return task_vector_from_poses(poses, q[self.grippers])
+        poses = {s: self.ik.fk(q, s) for s in self.sides}
+        return task_vector_from_poses(poses, q[self.grippers], self.robot)
 
     def joints(self, chunk: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Task-space chunk (k, 20) → joint targets (k, 16), each step solved from the last
+        """Task-space chunk (k, 20) → joint targets (k, n), each step solved from the last
         (the first from the measured joints ``q``) within one step period of joint velocity."""
         chunk = np.asarray(chunk, np.float64)
         if chunk.ndim != 2 or chunk.shape[1] != TASK_DIM:
@@ -137,7 +154,7 @@ class TaskSpaceDecoder:
             self._set_posture(q)
         out = np.empty((len(chunk), len(self.names)))
         for i, v in enumerate(chunk):
-            poses, grip = poses_from_task_vector(v)
+            poses, grip = poses_from_task_vector(v, self.robot)
             q = self.ik.solve(q, poses, self.step_period, self.iterations)
             q[self.grippers] = grip
             out[i] = q
@@ -157,21 +174,24 @@ class JointSpaceCodec:
         return np.asarray(chunk)
 
 
-def check_executable(action_space: str, action_dim: int, proprio_dim: int, who: str) -> None:
-    """ValueError unless the model's chunks can become the robot's 16 joint targets: 16 joint
-    targets from 16 joint positions, or 20 task-space values through IK."""
-    expected = {"joint": 16, "task": TASK_DIM}.get(action_space)
+def check_executable(action_space: str, action_dim: int, proprio_dim: int, who: str,
+                     robot: RobotDescription | None = None) -> None:
+    """ValueError unless the model's chunks can become the robot's n joint targets (16 for
+    ByteMini-v2): n joint targets from n joint positions, or 20 task-space values through IK."""
+    n = len(resolve(robot).actuated_joint_names)
+    expected = {"joint": n, "task": TASK_DIM}.get(action_space)
     if expected is None or action_dim != expected or proprio_dim != expected:
-        raise ValueError(f"{who} executes 16 joint targets from 16 joint positions, or 20 "
+        raise ValueError(f"{who} executes {n} joint targets from {n} joint positions, or 20 "
                          f"task-space values through IK; the model has action_space="
                          f"{action_space}, action_dim={action_dim}, proprio_dim={proprio_dim}")
 
 
-def action_codec(action_space: str, step_period: float = 0.1) -> TaskSpaceDecoder | JointSpaceCodec:
+def action_codec(action_space: str, step_period: float = 0.1,
+                 robot: RobotDescription | None = None) -> TaskSpaceDecoder | JointSpaceCodec:
     """What turns joint states into the model's proprioception and its chunks into joint
-    targets, for a model's ``action_space``."""
+    targets, for a model's ``action_space``, on ``robot`` (default: ByteMini-v2)."""
     if action_space == "task":
-        return TaskSpaceDecoder(step_period)
+        return TaskSpaceDecoder(step_period, robot=robot)
     if action_space == "joint":
         return JointSpaceCodec()
     raise ValueError(f"action_space must be 'joint' or 'task', got {action_space!r}")

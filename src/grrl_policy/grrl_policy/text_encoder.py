@@ -9,12 +9,17 @@ no cache; for tests and for experiments that must not depend on the MiniLM packa
 
 A machine without the MiniLM package (an accelerator host that only gets the repository) can
 run ``minilm`` models on known instructions from precomputed features: ``GRRL_TEXT_FEATURES``
-names a safetensors file written by :func:`export_features` (``python -m
-grrl_policy.text_encoder OUT.safetensors``); MiniLM is then loaded only for an instruction the
-file lacks. The features are the same numbers either way (the encoder is frozen).
+names a safetensors file written by :func:`export_features`; MiniLM is then loaded only for an
+instruction the file lacks. The features are the same numbers either way (the encoder is
+frozen). The policy does not know a task's instructions; the task's package does:
+
+    python -m grrl_policy.text_encoder OUT.safetensors --from bytemini_driver.task:all_instructions
+    python -m grrl_policy.text_encoder OUT.safetensors "pick up the cup" "put it down"
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import logging
 import os
@@ -126,13 +131,37 @@ def load_features(path: str) -> dict[str, torch.Tensor]:
     return feats
 
 
-def task_instructions() -> list[str]:
-    """Every instruction the simulated task gives, and their mirror images."""
-    from bytemini_driver.task import ORDINALS, instruction_text
-    return [instruction_text(e, s, i) for e in ("left", "right") for s in ("left", "right")
-            for i in range(len(ORDINALS))]
+def instructions_from(spec: str) -> list[str]:
+    """``MODULE:NAME`` → the instructions it names: a list of strings, or a function without
+    arguments returning one (e.g. ``bytemini_driver.task:all_instructions``)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"expected MODULE:NAME, got {spec!r}")
+    obj = getattr(importlib.import_module(module), name)
+    value = obj() if callable(obj) else obj
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{spec} is not a list of instruction strings")
+    return list(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grrl_policy.text_encoder",
+                                     description="Precompute MiniLM features of instructions "
+                                                 f"for {FEATURES_ENV} (see the module docstring).")
+    parser.add_argument("output", help="safetensors file to write")
+    parser.add_argument("instructions", nargs="*", help="instructions to include")
+    parser.add_argument("--from", dest="source", action="append", default=[], metavar="MODULE:NAME",
+                        help="also include a task's instructions: a list of strings or a "
+                             "function returning one (repeatable)")
+    args = parser.parse_args(argv)
+    instructions = list(args.instructions)
+    for spec in args.source:
+        instructions += instructions_from(spec)
+    if not instructions:
+        parser.error("no instructions: give some or --from MODULE:NAME")
+    export_features(args.output, list(dict.fromkeys(instructions)))    # once each, in order
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-    export_features(sys.argv[1], task_instructions())
+    raise SystemExit(main())

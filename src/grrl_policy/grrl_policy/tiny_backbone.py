@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .keys import IMAGES, INSTRUCTION, STATE
 from .prefix import Backbone, Prefix
 from .text_encoder import TextEncoder
 from .transformer import Block
@@ -90,11 +91,11 @@ class TinyBackbone(Backbone):
     def _observation_tokens(self, obs: dict, device: torch.device) -> torch.Tensor:
         cfg = self.cfg
         if cfg.observation == "state":
-            state = obs["state"]
+            state = obs[STATE]
             if state.ndim != 2 or state.shape[1] != cfg.state_dim:
                 raise ValueError(f"state must be (B, {cfg.state_dim}), got {tuple(state.shape)}")
             return self.state_proj(state.float()).view(len(state), cfg.state_tokens, cfg.width) + self.state_pos
-        images = obs["images"]
+        images = obs[IMAGES]
         want = (cfg.cameras, cfg.image_size, cfg.image_size, 3)
         if images.dtype != torch.uint8 or images.ndim != 5 or tuple(images.shape[1:]) != want:
             raise ValueError(f"images must be uint8 (B, {', '.join(map(str, want))}), got "
@@ -106,7 +107,7 @@ class TinyBackbone(Backbone):
 
     def encode(self, obs: dict) -> Prefix:
         device = self.text_proj.weight.device
-        instructions = obs["instruction"]
+        instructions = obs[INSTRUCTION]
         text, text_mask = self.text(list(instructions), device)
         text = self.text_proj(text) + self.text_type
         other = self._observation_tokens(obs, device)

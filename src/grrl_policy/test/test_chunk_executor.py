@@ -158,12 +158,9 @@ def test_bounds_are_met_for_an_aggressive_chunk():
 
 
 def test_robot_joint_limits_hold():
-    description = pytest.importorskip("bytemini_driver.description")
-    arm = np.array(list(description.ARM_LIMITS.values()))                 # (7, 4)
-    g = np.array(description.GRIPPER_LIMITS)
-    per_side = np.vstack([arm, g])                                         # left arm, gripper
-    lim = np.vstack([per_side, per_side])                                  # (16, 4)
-    assert len(lim) == len(description.actuated_joint_names())
+    from grrl_policy.robot import default_robot
+    lim = np.stack(default_robot().joint_limits(), 1)                      # (16, 3) lo, hi, vel
+    assert lim.shape == (16, 3)
     limits = JointLimits(lim[:, 0], lim[:, 1], lim[:, 2], 5 * lim[:, 2], 50 * lim[:, 2])
     # dt = 0.05: at 0.02 s the optimizer's OSQP needs > 10k iterations for such a chunk
     ex = ChunkExecutor(limits, ExecutorConfig(dt=0.05))

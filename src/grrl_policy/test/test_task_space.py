@@ -1,8 +1,11 @@
-"""Task-space actions: the 20-vector, its mirror image, forward kinematics and the IK decoder."""
+"""Task-space actions: the 20-vector, forward kinematics and the IK decoder, on the default
+robot read from its URDF (the mirror test, which needs grrl_trainer's joint mirror, and the
+comparison with the simulator's robot are in grrl_trainer/test/test_policy_robot.py)."""
 import numpy as np
 import pytest
 
-from bytemini_driver import description as desc
+from grrl_policy.bench import working_posture
+from grrl_policy.robot import default_robot
 from grrl_policy.task_space import (TASK_DIM, JointSpaceCodec, TaskSpaceDecoder, action_codec,
                                     mirror_task, poses_from_task_vector, quat_to_matrix,
                                     rot6d_to_matrix, task_names, task_vector)
@@ -20,12 +23,8 @@ def decoder() -> TaskSpaceDecoder:
 
 @pytest.fixture(scope="module")
 def home(decoder) -> np.ndarray:
-    from bytemini_driver.sim import ShoeLacingSim
-    sim = ShoeLacingSim()
-    try:
-        return sim.home_q.copy()
-    finally:
-        sim.close()
+    """The home posture: tcps ahead at table height, fingers down."""
+    return working_posture(decoder.robot)
 
 
 def test_quaternions_and_6d_rotations_agree():
@@ -50,19 +49,17 @@ def test_layout_names_and_pose_round_trip():
     assert v.shape == (TASK_DIM,) and len(task_names()) == TASK_DIM
     poses, grip = poses_from_task_vector(v)
     assert np.allclose(grip, [0.01, 0.02])
-    for i, s in enumerate(desc.SIDES):
+    for i, s in enumerate(default_robot().sides):
         assert np.allclose(poses[s][:3, 3], tcp[i, :3], atol=1e-6)
         assert np.allclose(poses[s][:3, :3], quat_to_matrix(tcp[i, 3:]), atol=1e-6)
 
 
-def test_mirror_is_the_mirrored_robots_forward_kinematics(decoder, home):
-    from grrl_trainer.mirror import mirror_joints
-    rng = np.random.default_rng(2)
-    for _ in range(5):
-        q = home + rng.uniform(-0.3, 0.3, size=home.shape)
-        v, vm = decoder.proprio(q), decoder.proprio(mirror_joints(q))
-        assert np.abs(mirror_task(v) - vm).max() < 1e-5
-        assert np.allclose(mirror_task(mirror_task(v)), v)
+def test_mirror_is_an_involution_that_swaps_the_arms():
+    v = np.random.default_rng(2).normal(size=(4, TASK_DIM))
+    m = mirror_task(v)
+    assert np.allclose(mirror_task(m), v)
+    assert np.allclose(m[:, [0, 2, 10, 12]], v[:, [10, 12, 0, 2]])      # x, z swapped sides
+    assert np.allclose(m[:, [1, 11]], -v[:, [11, 1]])                   # y negated
 
 
 def test_decoder_tracks_a_reachable_chunk_to_about_a_tenth_of_a_millimetre(decoder, home):
@@ -71,7 +68,6 @@ def test_decoder_tracks_a_reachable_chunk_to_about_a_tenth_of_a_millimetre(decod
     target_q = home + rng.uniform(-0.25, 0.25, size=home.shape)
     s = np.linspace(0.0, 1.0, 16)[:, None]
     qs = home + s * (target_q - home)
-    grips = desc.actuated_joint_names()
     chunk = np.stack([decoder.proprio(q) for q in qs])
     decoder.reset(home)
     joints = decoder.joints(chunk, home)
@@ -80,7 +76,7 @@ def test_decoder_tracks_a_reachable_chunk_to_about_a_tenth_of_a_millimetre(decod
     pos = [0, 1, 2, 10, 11, 12]
     err = np.abs(reached[:, pos] - chunk[:, pos]).max(1)
     assert np.median(err) < 2e-4 and err.max() < 1.5e-3 and err[-1] < 2e-4
-    gi = [grips.index(desc.gripper_joint_name(sd)) for sd in desc.SIDES]
+    gi = decoder.robot.gripper_indices()
     assert np.allclose(joints[:, gi], qs[:, gi])          # grippers are passed through
 
 

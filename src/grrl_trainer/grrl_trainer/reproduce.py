@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from grrl_tools.config_cli import add_arguments, from_args
+
 LOG = logging.getLogger("grrl-reproduce")
 RUNGS = ("BC all", "BC filtered", "BC filtered + mirror", "+ online RL")
 RUNTIME = ("device", "workers", "parallel")
@@ -43,7 +45,7 @@ RUNTIME = ("device", "workers", "parallel")
 
 @dataclass
 class ReproduceConfig:
-    """Sizes of a reproduction (``--size`` picks a row of :data:`SIZES`; flags override)."""
+    """Sizes of a reproduction (``--size`` picks a row of :data:`SIZES`; flags given win)."""
 
     preset: str = "tiny-state-task"
     """model preset of critic and policies (grrl_policy.model.preset)"""
@@ -55,21 +57,31 @@ class ReproduceConfig:
     """JSON overrides of the preset for the filtering critic (a smaller model: it only ranks
     the demonstrations, and TD3+BC trains three heads)"""
     critic_steps: int = 2000
+    """gradient steps of the critic"""
     delta: float = 0.05
     """filter threshold on the progress drop within rho_{t:t+k}"""
     bc_steps: int = 4000
+    """optimizer steps of each BC run"""
     bc_lr: float = 5e-4
+    """peak learning rate of the BC runs"""
     batch_size: int = 256
+    """samples per step, critic and BC"""
     parallel: int = 2
     """BC runs trained at once (one torch thread each)"""
     eval_episodes: int = 100
+    """evaluation episodes per rung (the same seeds for every rung)"""
     eval_first_seed: int = 10_000
+    """first evaluation seed (held out from the demonstrations)"""
     online_episodes: int = 144
     """online RL episodes (the paper's target: within 150)"""
     episodes_per_round: int = 12
+    """online episodes between two rounds of updates"""
     updates_per_round: int = 50
+    """online gradient updates per round"""
     warmup_episodes: int = 48
+    """critic warm-up rollouts of the offline policy before steering"""
     warmup_updates: int = 300
+    """critic updates on the warm-up rollouts"""
     workers: int = 2
     """simulation worker processes (collection, rollouts, evaluation)"""
     time_limit: float = 40.0
@@ -80,6 +92,7 @@ class ReproduceConfig:
     observation: str = "state"
     """'state' (simulator state) or 'images' (three 128x128 cameras: the image model)"""
     seed: int = 0
+    """training seed of every stage"""
 
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -96,17 +109,18 @@ def _bc_job(args: tuple[str, str, Any]) -> str:
     """One BC run in a worker process (one torch thread: the runs share the cores)."""
     import torch
 
-    from grrl_trainer.bc import train_bc
+    from grrl_trainer.offline.bc import train_bc
     torch.set_num_threads(1)
     data, run_dir, cfg = args
     return str(train_bc(data, run_dir, cfg, progress=False))
 
 
 def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress: bool) -> dict:
-    from grrl_trainer.evaluate import EvalConfig, evaluate_or_reuse
+    from grrl_policy.controller import ControllerConfig
+    from grrl_trainer.evaluation.evaluate import EvalConfig, evaluate_or_reuse
     ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
-                      workers=cfg.workers, time_limit=cfg.time_limit, steer=steer,
-                      out_dir=str(edir))
+                      workers=cfg.workers, time_limit=cfg.time_limit,
+                      controller=ControllerConfig(steer=steer), out_dir=str(edir))
     return evaluate_or_reuse(ckpt, ecfg, progress)
 
 
@@ -142,21 +156,24 @@ def machine() -> dict[str, Any]:
 def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = None,
               progress: bool = True) -> dict[str, Any]:
     from grrl_critic.td3bc import TD3BCConfig
-    from grrl_trainer.bc import VARIANTS, BCConfig
-    from grrl_trainer.collect import CollectConfig, collect
-    from grrl_trainer.critic_train import CriticRunConfig, train_critic
-    from grrl_trainer.offline import filter_once, plot_ladder, rung_table
-    from grrl_trainer.online import OnlineConfig, run_online
+    from grrl_trainer.offline.bc import VARIANTS, BCConfig
+    from grrl_trainer.data.collect import CollectConfig, collect
+    from grrl_trainer.offline.critic_train import CriticRunConfig, train_critic
+    from grrl_trainer.offline.pipeline import filter_once, plot_ladder, rung_table
+    from grrl_trainer.offline.run_utils import config_diff
+    from grrl_trainer.online.trainer import OnlineConfig, RolloutConfig, run_online
 
     if cfg.observation not in ("state", "images"):
         raise ValueError(f"observation must be 'state' or 'images', got {cfg.observation!r}")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "reproduce_config.json"
-    what = lambda d: {k: v for k, v in d.items() if k not in RUNTIME}   # noqa: E731
-    if saved.exists() and what(json.loads(saved.read_text())) != what(dataclasses.asdict(cfg)):
+    diff = config_diff(json.loads(saved.read_text()), dataclasses.asdict(cfg), RUNTIME) \
+        if saved.exists() else []
+    if diff:
         raise ValueError(f"{out} holds a reproduction with another configuration "
-                         f"(see {saved}); use another --out or the same settings")
+                         f"({'; '.join(diff)}; see {saved}): use another --out or the same "
+                         f"settings")
     saved.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     # wall seconds per stage, summed over the runs that resumed this reproduction
     timing_file = out / "timings.json"
@@ -175,7 +192,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     data = Path(data).resolve() if data else out / "demos"
     if not (data / "info.json").exists() or len(list((data / "episodes").glob("*"))) < cfg.demos:
         ccfg = CollectConfig(images=cfg.observation == "images", left_bias=cfg.left_bias,
-                             time_limit=max(cfg.time_limit, 60.0))
+                             time_limit=max(cfg.time_limit, CollectConfig.time_limit))
         collect(data, ccfg, list(range(cfg.demos)), cfg.workers, progress=progress)
     spent("demonstrations", t)
 
@@ -208,10 +225,10 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     # 4. online steering RL from the filtered + mirrored policy
     t = stage("online RL")
     online = run_online(policies["filtered_mirror"], out / "online", OnlineConfig(
-        episodes=cfg.online_episodes, episodes_per_round=cfg.episodes_per_round,
-        updates_per_round=cfg.updates_per_round, warmup_episodes=cfg.warmup_episodes,
-        warmup_updates=cfg.warmup_updates, workers=cfg.workers, time_limit=cfg.time_limit,
-        seed=cfg.seed, device=cfg.device), progress=progress)
+        episodes_per_round=cfg.episodes_per_round, updates_per_round=cfg.updates_per_round,
+        warmup_episodes=cfg.warmup_episodes, warmup_updates=cfg.warmup_updates, seed=cfg.seed,
+        device=cfg.device), RolloutConfig(episodes=cfg.online_episodes, workers=cfg.workers,
+                                          time_limit=cfg.time_limit), progress=progress)
     spent("online", t)
 
     # 5. every rung on the same held-out seeds
@@ -291,22 +308,19 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a run)")
     p.add_argument("--size", choices=sorted(SIZES), default="default",
-                   help="default: about 3 h on a 2-core CPU; small: a quarter hour; smoke: a minute")
+                   help="default: about 3 h on a 2-core CPU; small: a quarter hour; smoke: a "
+                        "minute (the defaults shown below are the default size's; a size "
+                        "replaces them, flags given win)")
     p.add_argument("--data", default="", help="use these demonstrations instead of collecting")
     p.add_argument("--publish", default="", help="also copy OUT/results to this directory")
     p.add_argument("--ship", default="", help="copy the final policy to this checkpoint path")
-    p.add_argument("--quiet", action="store_true")
-    base = ReproduceConfig()
-    for name, value in dataclasses.asdict(base).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=None,
-                       help=f"(default of --size default: {value})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(p, ReproduceConfig(), given_only=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    cfg = replace(base, **SIZES[args.size])
-    cfg = replace(cfg, **{k: getattr(args, k) for k in dataclasses.asdict(base)
-                          if getattr(args, k) is not None})
-    if cfg.observation == "images" and args.preset is None:
-        cfg = replace(cfg, preset="tiny-task")
+    cfg = from_args(args, replace(ReproduceConfig(), **SIZES[args.size]))
+    if cfg.observation == "images" and not hasattr(args, "preset"):
+        cfg = replace(cfg, preset="tiny-task")          # the image model, unless one is named
     try:
         results = reproduce(args.out, cfg, args.data or None, progress=not args.quiet)
     except KeyboardInterrupt:

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from grrl_policy.checkpoint import load_checkpoint, read_meta
 from grrl_policy.model import GRRLModel
-from grrl_trainer import bc
-from grrl_trainer.bc import BCConfig, StepBatches, load_keep, plot_loss, train_bc
-from grrl_trainer.dataset import EpisodeDataset, EpisodeRecord, episode_path, write_episode
-from grrl_trainer.windows import TransitionWindows, WindowConfig
+from grrl_trainer.offline import bc
+from grrl_trainer.offline.bc import BCConfig, load_keep, plot_loss, train_bc
+from grrl_trainer.offline.run_utils import StepBatches
+from grrl_trainer.data.dataset import EpisodeDataset, EpisodeRecord, episode_path, write_episode
+from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 
 LENGTHS = (30, 24, 20)
 SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
@@ -210,7 +211,7 @@ def test_cli_filtered_mirror_with_a_loader_worker(data: Path, tmp_path: Path, ca
     assert exc.value.code == 0 and "--variant" in capsys.readouterr().out
     argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--variant", "filtered_mirror",
             "--filter", str(f), "--steps", "6", "--batch-size", "8", "--horizon", "4",
-            "--workers", "1", "--checkpoint-every", "3", "--log-every", "2", "--no-progress",
+            "--workers", "1", "--checkpoint-every", "3", "--log-every", "2", "--quiet",
             "--model", json.dumps(SMALL)]
     assert bc.main(argv) == 0
     out = capsys.readouterr().out

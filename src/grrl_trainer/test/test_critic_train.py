@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from grrl_critic.filtering import FilterConfig, keep_mask
 from grrl_critic.td3bc import TD3BCConfig
 from grrl_policy.checkpoint import read_meta
-from grrl_trainer import critic_train
-from grrl_trainer.critic_train import CriticRunConfig, train_critic
-from grrl_trainer.dataset import episode_path, write_episode
+from grrl_trainer.offline import critic_train
+from grrl_trainer.offline.critic_train import CriticRunConfig, train_critic
+from grrl_trainer.data.dataset import episode_path, write_episode
 
 from test_bc import SMALL, record
 
@@ -35,11 +36,16 @@ def test_train_resume_filter_and_plot(tmp_path):
     run = tmp_path / "run"
     part = train_critic(data, run, cfg(), progress=False, stop_after=20)
     assert part.name == "step_0000020" and not (run / "critic.json").exists()
+    # a row logged after the last saved state (a kill between two states) is dropped on resume
+    with open(run / "critic.csv", "a") as f:
+        f.write("25,9.9,9.9,0.5,1.0,10\n")
     final = train_critic(data, run, cfg(), progress=False)
     meta = read_meta(final)
     assert meta.extra["role"] == "critic" and meta.extra["step"] == 30
     rows = (run / "critic.csv").read_text().splitlines()
-    assert rows[0].startswith("step,critic_loss") and rows[-1].startswith("30,")
+    assert rows[0].startswith("step,critic_loss")
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(5, 35, 5))
+    assert "9.9" not in (run / "critic.csv").read_text()
     # a changed configuration is refused
     with pytest.raises(ValueError, match="another configuration"):
         train_critic(data, run, cfg(batch_size=8), progress=False)
@@ -50,6 +56,12 @@ def test_train_resume_filter_and_plot(tmp_path):
     assert len(f["keep"]) == 30 + 24 + 20 and np.isfinite(f["progress"]).all()
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["samples"] == 74 and summary["transitions_per_second"] > 0
+    # without --horizon the window is the critic's chunk (4); the mask is the delta rule's
+    assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "peak_to_trough"}
+    for e in range(3):
+        sel = f["episode"] == e
+        np.testing.assert_array_equal(
+            f["keep"][sel], keep_mask(f["progress"][sel], FilterConfig(delta=0.5, horizon=4)))
     assert (tmp_path / "f.png").stat().st_size > 0
     code = critic_train.main(["compare", "--data", str(data), "--episode", "0", "--critic",
                               f"distributional={final}", "--out", str(tmp_path / "fig7.png")])
@@ -68,13 +80,14 @@ def test_a_dataset_without_failures_or_keyframes_is_refused(tmp_path, capsys):
 def test_an_empty_filter_result_is_refused(tmp_path, capsys):
     data = make_data(tmp_path / "data")
     final = train_critic(data, tmp_path / "run", cfg(steps=5), progress=False)
-    # a negative delta removes everything; the CLI refuses to write the filter file
+    # a negative delta would remove everything: refused before anything is written
     code = critic_train.main(["filter", "--data", str(data), "--critic", str(final), "--out",
                               str(tmp_path / "f.npz"), "--delta", "-1", "--plot", "0", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and ("kept 0 of" in err or "delta must be >= 0" in err)
+    assert code == 2 and "delta must be >= 0" in err
     assert not (tmp_path / "f.npz").exists()
-    from grrl_critic.filtering import FilterConfig, FilterResult
+    # an empty filter result (what no valid delta gives from the CLI) is not written either
+    from grrl_critic.filtering import FilterResult
     empty = FilterResult(np.zeros(3, int), np.arange(3), np.zeros(3, bool), np.zeros(3), FilterConfig())
     with pytest.raises(ValueError, match="kept 0 of 3"):
         empty.save(tmp_path / "g.npz")

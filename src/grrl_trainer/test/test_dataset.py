@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from grrl_trainer import keys
-from grrl_trainer.collect import CollectConfig, collect
-from grrl_trainer.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
+from grrl_trainer.data.collect import CollectConfig, collect
+from grrl_trainer.data.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
                                   read_meta, write_episode)
-from grrl_trainer.mirror import mirror_sample
-from grrl_trainer.windows import TransitionWindows, WindowConfig
+from grrl_trainer.data.mirror import mirror_sample
+from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 
 
 def record(seed: int, T: int, success: bool, keyframes=(), images: bool = True) -> EpisodeRecord:
@@ -158,7 +158,7 @@ def test_kill_9_during_collection_then_resume(tmp_path: Path):
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "grrl_trainer.data_cli", "collect", "--out", str(tmp_path),
+    cmd = [sys.executable, "-m", "grrl_trainer.data.cli", "collect", "--out", str(tmp_path),
            "--episodes", "3", "--workers", "1", "--no-images", "--time-limit", "30"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = episode_path(tmp_path, 0)
@@ -180,7 +180,7 @@ def test_task_space_windows_collate_and_statistics(tiny: Path):
     """'task' models train on FK of the recorded joints (what they see at run time) and on the
     commanded tcp poses; mirroring a task-space sample is mirroring its robot."""
     from grrl_policy.task_space import TASK_DIM, TaskSpaceDecoder, mirror_task, task_vector
-    from grrl_trainer.batches import collate, normalization_stats
+    from grrl_trainer.data.batches import collate, normalization_stats
     ds = EpisodeDataset(tiny)
     win = TransitionWindows(ds, WindowConfig(horizon=3, images=False, task_space=True))
     s = win[2]

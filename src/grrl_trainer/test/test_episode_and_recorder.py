@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from rosbags.rosbag2 import Reader
 
-from grrl_trainer.episode import EpisodeMonitor, sparse_reward
-from grrl_trainer.recorder import EpisodeRecorder, typestore_with_custom_types
+from grrl_trainer.episodes.episode import EpisodeMonitor, sparse_reward
+from grrl_trainer.episodes.recorder import EpisodeRecorder, typestore_with_custom_types
 
 
 def test_sparse_reward_eq1():

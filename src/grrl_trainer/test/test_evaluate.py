@@ -14,7 +14,7 @@ from grrl_policy.checkpoint import save_checkpoint
 from grrl_policy.model import GRRLModel, preset
 from grrl_policy.policy_runtime import Policy
 from grrl_policy.tiny_backbone import TinyBackboneConfig
-from grrl_trainer.evaluate import (EpisodeResult, EvalConfig, evaluate, main, make_sim,
+from grrl_trainer.evaluation.evaluate import (EpisodeResult, EvalConfig, evaluate, main, make_sim,
                                    run_episode, save_gif, summarize, summary_line)
 
 HASHED_STATE = preset("tiny-state", tiny=TinyBackboneConfig(

@@ -12,7 +12,7 @@ from bytemini_driver.expert import ScriptedExpert
 from bytemini_driver.ik import DualArmIK
 from bytemini_driver.sim import ShoeLacingSim
 from grrl_trainer import keys
-from grrl_trainer.mirror import (JOINT_SWAP, M, mirror_images, mirror_instruction,
+from grrl_trainer.data.mirror import (JOINT_SWAP, M, mirror_images, mirror_instruction,
                                  mirror_joints, mirror_pose_matrix, mirror_position_quat,
                                  mirror_rot6d, mirror_sample, mirror_tcp)
 

@@ -11,8 +11,8 @@ import torch
 from grrl_critic.steering import SteeringConfig
 from grrl_policy.checkpoint import read_meta, save_checkpoint
 from grrl_policy.model import GRRLModel, configure
-from grrl_trainer.online import OnlineConfig, run_online
-from grrl_trainer.replay import ReplayBuffers
+from grrl_trainer.online.trainer import OnlineConfig, RolloutConfig, run_online
+from grrl_trainer.online.replay import ReplayBuffers
 
 SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
                   "text_encoder": "hashed"},
@@ -30,11 +30,11 @@ def test_warm_up_rounds_versions_and_rerun(policy, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = OnlineConfig(episodes=4, episodes_per_round=2, updates_per_round=2, warmup_episodes=2,
-                           warmup_updates=2, batch_size=8, workers=1, time_limit=2.0,
-                           steering=SteeringConfig())
+        cfg = OnlineConfig(episodes_per_round=2, updates_per_round=2, warmup_episodes=2,
+                           warmup_updates=2, batch_size=8, steering=SteeringConfig())
+        rollout = RolloutConfig(episodes=4, workers=1, time_limit=2.0)
         run = tmp_path / "online"
-        res = run_online(policy, run, cfg, progress=False)
+        res = run_online(policy, run, cfg, rollout, progress=False)
         assert res["episodes"] == 4 and res["version"] == 1 + 1 + 2    # warm-up + two rounds
         assert read_meta(res["final_checkpoint"]).version == 4
         with ReplayBuffers(run / "replay") as b:
@@ -43,13 +43,17 @@ def test_warm_up_rounds_versions_and_rerun(policy, tmp_path):
         assert sum(i.startswith("warm-v1-") for i in ids) == 2
         assert {i for i in ids if i.startswith("online-")} == {
             "online-v2-s20000", "online-v2-s20001", "online-v3-s20002", "online-v3-s20003"}
-        assert stats is not None
+        # the two latest versions that have episodes (v2, v3) are on-policy; warm-up is off-policy
+        assert stats["on_versions"] == [2, 3] and stats["on_episodes"] == 4
+        assert stats["off_versions"] == [1] and stats["off_episodes"] == 2
+        assert stats["quarantined"] == 0
         rows = list(csv.DictReader(open(run / "online.csv")))
         assert [int(r["version"]) for r in rows] == [2, 2, 3, 3] and (run / "online.png").exists()
-        again = run_online(policy, run, cfg, progress=False)            # finished: nothing new
+        again = run_online(policy, run, cfg, rollout, progress=False)            # finished: nothing new
         assert again["episodes"] == 4 and len(again["log"]) == 4
         with pytest.raises(ValueError, match="another configuration"):
-            run_online(policy, run, OnlineConfig(episodes=6, workers=1), progress=False)
+            run_online(policy, run, OnlineConfig(), RolloutConfig(episodes=6, workers=1),
+                       progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -66,7 +70,7 @@ def test_kill_9_at_a_random_moment_then_resume(policy, tmp_path):
     import time
 
     run = tmp_path / "online"
-    cmd = [sys.executable, "-m", "grrl_trainer.online", "--policy", str(policy), "--out", str(run),
+    cmd = [sys.executable, "-m", "grrl_trainer.online.trainer", "--policy", str(policy), "--out", str(run),
            "--episodes", "6", "--episodes-per-round", "2", "--updates-per-round", "3",
            "--warmup-episodes", "2", "--warmup-updates", "3", "--batch-size", "8",
            "--workers", "1", "--time-limit", "2.0", "--quiet"]

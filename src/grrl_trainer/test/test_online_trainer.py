@@ -1,4 +1,4 @@
-"""The trainer node's ROS-free core (grrl_trainer.online.OnlineTrainer): episodes arrive one by
+"""The trainer node's ROS-free core (grrl_trainer.online.trainer.OnlineTrainer): episodes arrive one by
 one; the warm-up, then a round every N on-policy episodes, each writing version v + 1; bad
 episodes are quarantined; a restart resumes without counting an episode twice."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from bytemini_driver.sim_state import STATE_DIM
 from grrl_policy.checkpoint import read_meta, save_checkpoint
 from grrl_policy.model import GRRLModel, configure
-from grrl_trainer.online import OnlineTrainer, StreamConfig
-from grrl_trainer.replay import OnlineEpisode, QuarantineError
+from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
+from grrl_trainer.online.replay import OnlineEpisode, QuarantineError
 
 SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
                   "text_encoder": "hashed"},
@@ -42,7 +42,7 @@ def episode(i: int, version: int, success: bool = False, n: int = 3) -> OnlineEp
 
 
 def test_warm_up_rounds_quarantine_and_restart(policy, tmp_path):
-    cfg = StreamConfig(episodes_per_round=2, updates_per_round=2, batch_size=8,
+    cfg = OnlineConfig(episodes_per_round=2, updates_per_round=2, batch_size=8,
                        warmup_episodes=1, warmup_updates=2)
     run = tmp_path / "run"
     core = OnlineTrainer(policy, run, cfg)
@@ -89,7 +89,8 @@ def test_warm_up_rounds_quarantine_and_restart(policy, tmp_path):
 
 
 def test_restart_before_the_first_round(policy, tmp_path):
-    cfg = StreamConfig(episodes_per_round=2, updates_per_round=1, batch_size=4)
+    cfg = OnlineConfig(episodes_per_round=2, updates_per_round=1, batch_size=4,
+                       warmup_episodes=0)
     core = OnlineTrainer(policy, tmp_path / "run", cfg)
     assert core.add(episode(0, 1), {"seed": 7}) == "on" and core.due() is None
     core.close()

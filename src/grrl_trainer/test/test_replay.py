@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from grrl_trainer.replay import OnlineEpisode, QuarantineError, ReplayBuffers, validate
+from grrl_trainer.online.replay import OnlineEpisode, QuarantineError, ReplayBuffers, validate
 
 torch.set_num_threads(1)
 K, D, P, S = 4, 16, 16, 5
@@ -242,7 +242,7 @@ def test_quarantine(buffers: ReplayBuffers, kind: str, caplog):
     ep = _broken(kind)
     with pytest.raises(QuarantineError, match=REASONS[kind]):
         validate(ep)
-    with caplog.at_level(logging.ERROR, logger="grrl_trainer.replay"):
+    with caplog.at_level(logging.ERROR, logger="grrl_trainer.online.replay"):
         with pytest.raises(QuarantineError, match=REASONS[kind]):
             buffers.add(ep)
     assert any("quarantined" in r.message for r in caplog.records)
@@ -326,7 +326,7 @@ def test_recovery_stray_temp_truncated_and_missing_files(buffers: ReplayBuffers,
     data = (ep_dir / "c1.npz").read_bytes()
     (ep_dir / "c1.npz").write_bytes(data[: len(data) // 2])       # truncated
     (ep_dir / "c2.npz").unlink()                                   # index entry without file
-    with caplog.at_level(logging.WARNING, logger="grrl_trainer.replay"):
+    with caplog.at_level(logging.WARNING, logger="grrl_trainer.online.replay"):
         rb = reopen(buffers)
     assert rb.ids() == ["c0", "c3"]
     assert not list(ep_dir.glob("*tmp*")) and not list(rb.root.glob("*.tmp*"))
@@ -392,7 +392,7 @@ def test_capacity_evicts_oldest_off_policy_first(tmp_path: Path):
 WRITER = textwrap.dedent(f"""
     import sys
     import numpy as np
-    from grrl_trainer.replay import OnlineEpisode, ReplayBuffers
+    from grrl_trainer.online.replay import OnlineEpisode, ReplayBuffers
     K, D, P, S = {K}, {D}, {P}, {S}
 """) + inspect.getsource(episode) + textwrap.dedent("""
     rb = ReplayBuffers(sys.argv[1])

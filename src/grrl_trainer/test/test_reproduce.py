@@ -1,10 +1,23 @@
 """grrl-reproduce end to end at the smoke size: every stage runs, results and plots are written,
 the final policy is shipped, and a second run resumes instead of redoing the work."""
 import json
+import math
 
+import pytest
 
+from bytemini_driver.task import STAGES
 from grrl_policy.checkpoint import load_checkpoint
-from grrl_trainer.reproduce import RUNGS, main
+from grrl_trainer.reproduce import RUNGS, SIZES, main
+
+EVAL_DIRS = dict(zip(RUNGS, ("eval_all", "eval_filtered", "eval_filtered_mirror", "eval_online")))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval, written out again from its formula."""
+    p = k / n
+    centre = (p + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z / (1 + z ** 2 / n) * math.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
@@ -14,10 +27,25 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((out / "results" / "results.json").read_text())
     assert list(results["rungs"]) == list(RUNGS)
-    for rung in results["rungs"].values():
-        assert rung["episodes"] == 2 and 0.0 <= rung["success_rate"] <= 1.0
-        lo, hi = rung["success_ci95"]
-        assert 0.0 <= lo <= rung["success_rate"] <= hi <= 1.0
+    smoke = SIZES["smoke"]
+    assert {k: results["config"][k] for k in smoke} == smoke
+    seeds = list(range(results["config"]["eval_first_seed"],
+                       results["config"]["eval_first_seed"] + smoke["eval_episodes"]))
+    for name, rung in results["rungs"].items():
+        # every number of the rung, recomputed from the episodes of its evaluation report
+        episodes = json.loads((out / EVAL_DIRS[name] / "eval.json").read_text())["results"]
+        assert [e["seed"] for e in episodes] == seeds          # the same held-out seeds
+        k, n = sum(bool(e["success"]) for e in episodes), len(episodes)
+        assert rung["episodes"] == n == smoke["eval_episodes"] and rung["successes"] == k
+        assert rung["success_rate"] == k / n
+        assert rung["success_ci95"] == pytest.approx(wilson(k, n), abs=1e-12)
+        highest = [max((STAGES.index(s) for s in e["stages"]), default=0) for e in episodes]
+        assert list(rung["funnel"]) == list(STAGES[1:])
+        assert rung["funnel"] == {s: sum(h >= i for h in highest) / n
+                                  for i, s in enumerate(STAGES) if i}
+        funnel = list(rung["funnel"].values())
+        assert funnel == sorted(funnel, reverse=True)           # monotone non-increasing
+        assert sum(rung["failure_reasons"].values()) == n - k
     for name in ("ladder.png", "funnel.png", "online_curve.png", "online.csv", "results.md"):
         assert (out / "results" / name).stat().st_size > 0
         assert (pub / name).exists()
@@ -25,8 +53,8 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     model, meta = load_checkpoint(str(shipped))
     assert model.cfg.name == "tiny-state-task" and model.cfg.action_space == "task"
     best = results["best_rung"]
-    assert best in RUNGS and results["rungs"][best]["success_rate"] == \
-        max(r["success_rate"] for r in results["rungs"].values())
+    rates = {n: r["success_rate"] for n, r in results["rungs"].items()}
+    assert best == [n for n in RUNGS if rates[n] == max(rates.values())][-1]   # the later on a tie
     src = out / results["checkpoints"][best]
     assert meta.sha256 == load_checkpoint(str(src))[1].sha256
     table = capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""GR-RL-agnostic ROS tooling."""

@@ -1,0 +1,1 @@
+"""bench stage of the GR-RL pipeline."""

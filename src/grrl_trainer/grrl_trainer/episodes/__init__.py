@@ -1,0 +1,1 @@
+"""episodes stage of the GR-RL pipeline."""

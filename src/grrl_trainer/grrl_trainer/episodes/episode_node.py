@@ -1,0 +1,394 @@
+"""The reward/episode node: serves the ``RunEpisode`` action and records every episode.
+
+A goal resets the scene through the driver's ``bytemini/reset_scene`` service, publishes the
+instruction (latched) on ``grrl/instruction``, follows the stages from the simulator's
+``bytemini/sim/task_state``, sends feedback, enforces the time limit, honours cancel, and
+returns the result with the sparse reward (eq. 1). Events go to ``grrl/episode``; the episode
+(images, joint states, commands, action chunks, events, task states) is written to an MCAP
+file in rosbag2 layout.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import String
+
+from grrl_tools.node_main import NUMBER
+from grrl_interfaces.action import RunEpisode
+from grrl_interfaces.msg import EpisodeEvent, TaskState
+from grrl_interfaces.srv import LabelEpisode, ResetScene
+from grrl_trainer.episodes.episode import (CANCELLED, INVALID, STAGE_NAMES, SUCCESS, EpisodeMonitor,
+                                  new_episode_id)
+from grrl_trainer.episodes.recorder import EpisodeRecorder, typestore_with_custom_types
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                     reliability=ReliabilityPolicy.RELIABLE)
+#: episode events: reliable, with the last few kept for late joiners
+EVENTS_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                        reliability=ReliabilityPolicy.RELIABLE)
+
+#: relative topic -> (ROS type name, QoS) recorded for every episode
+RECORD_TOPICS = {
+    "bytemini/camera/head/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/camera/left_wrist/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/camera/right_wrist/image_raw": "sensor_msgs/msg/Image",
+    "bytemini/joint_states": "sensor_msgs/msg/JointState",
+    "bytemini/left/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/right/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "bytemini/command/left/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/right/tcp_pose": "geometry_msgs/msg/PoseStamped",
+    "bytemini/command/left/gripper": "std_msgs/msg/Float64",
+    "bytemini/command/right/gripper": "std_msgs/msg/Float64",
+    "bytemini/sim/task_state": "grrl_interfaces/msg/TaskState",
+    "grrl/action_chunk": "grrl_interfaces/msg/ActionChunk",
+    "grrl/episode": "grrl_interfaces/msg/EpisodeEvent",
+    "grrl/instruction": "std_msgs/msg/String",
+}
+
+
+def _import_type(name: str):
+    pkg, _, cls = name.split("/")
+    module = __import__(f"{pkg}.msg", fromlist=[cls])
+    return getattr(module, cls)
+
+
+
+class EpisodeNode(Node):
+    def __init__(self) -> None:
+        super().__init__("episode_node")
+        self.declare_parameter("time_limit", 60.0, NUMBER)
+        self.declare_parameter("record", True)
+        self.declare_parameter("record_dir", "")
+        self.declare_parameter("record_images", True)
+        self.declare_parameter("reset_timeout", 10.0, NUMBER)
+        self.declare_parameter("feedback_rate", 2.0, NUMBER)
+        self.declare_parameter("state_timeout", 5.0, NUMBER)   # wall s without task state
+        # where stages come from: the simulator's task state, or an operator's labels
+        self.declare_parameter("stage_source", "sim")
+        self.source = self.get_parameter("stage_source").value
+        if self.source not in ("sim", "operator"):
+            raise ValueError(f"stage_source must be 'sim' or 'operator', got {self.source!r}")
+        self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
+        self.steps = 0
+        self.current: tuple | None = None   # (monitor, goal, instruction) while running
+        group = ReentrantCallbackGroup()
+        # latched history: a controller that starts late still sees the episode's STARTED
+        self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", EVENTS_QOS)
+        self.pub_instruction = self.create_publisher(String, "grrl/instruction", LATCHED)
+        self.reset_client = self.create_client(ResetScene, "bytemini/reset_scene",
+                                               callback_group=group)
+        self.task: TaskState | None = None
+        self.failure: TaskState | None = None
+        self.min_scene = 0
+        self.task_wall = 0.0
+        self.task_lock = threading.Lock()
+        self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
+                                 callback_group=group)
+        self.recorder: EpisodeRecorder | None = None
+        self.typestore = typestore_with_custom_types()
+        # Recording subscriptions live on a second node with its own single-threaded
+        # executor: rclpy's multi-threaded executor cannot keep up with 50 Hz x 7 topics
+        # plus images, and the action's execute loop must not compete with them.
+        # (global --ros-args would rename it to this node's name too: keep them away)
+        self.rec_node = Node(f"{self.get_name()}_recorder", namespace=self.get_namespace(),
+                             context=self.context, use_global_arguments=False)
+        for topic, type_name in RECORD_TOPICS.items():
+            qos = qos_profile_sensor_data if "image" in topic else (
+                LATCHED if topic == "grrl/instruction" else QoSProfile(depth=100))
+            self.rec_node.create_subscription(_import_type(type_name), topic,
+                                              lambda data, t=topic: self.on_raw(t, data), qos,
+                                              raw=True)
+        self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
+                            callback_group=group)
+        self.busy = threading.Lock()
+        self.server = ActionServer(self, RunEpisode, "grrl/run_episode", self.execute,
+                                   goal_callback=self.on_goal, cancel_callback=self.on_cancel,
+                                   callback_group=group)
+        self.get_logger().info("episode node ready")
+
+    # ------------------------------------------------------------------- inputs
+    def on_task(self, msg: TaskState) -> None:
+        with self.task_lock:
+            if msg.scene_seq < self.min_scene:
+                return  # still the previous scene (queued before our reset)
+            self.task = msg
+            self.task_wall = time.monotonic()
+            if msg.failed and self.failure is None:
+                self.failure = msg  # latched: the loop samples only the latest state
+
+    def on_label(self, req: LabelEpisode.Request, resp: LabelEpisode.Response
+                 ) -> LabelEpisode.Response:
+        cur = self.current
+        resp.step = self.steps
+        if cur is None:
+            resp.accepted, resp.message = False, "no episode is running"
+            return resp
+        mon, goal, instruction = cur
+        if req.action == LabelEpisode.Request.RETRY:
+            # (an operator's stage label may not have reached the monitor's loop yet)
+            stage = max(mon.stage, self.labels["stage"]) if self.source == "operator" \
+                else mon.stage
+            msg = EpisodeEvent(episode_id=mon.episode_id, event=EpisodeEvent.EVENT_RETRY,
+                               stage=stage, stage_name=STAGE_NAMES[stage],
+                               step=self.steps, seed=goal.seed, instruction=instruction,
+                               message=req.note)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.pub_event.publish(msg)
+            resp.accepted, resp.message = True, f"retry keyframe at step {self.steps}"
+            return resp
+        if self.source != "operator":
+            resp.accepted = False
+            resp.message = "stages come from the simulator here (stage_source: sim)"
+            return resp
+        if req.action == LabelEpisode.Request.STAGE:
+            if not 0 < req.stage < len(STAGE_NAMES):
+                resp.accepted, resp.message = False, f"no stage {req.stage}"
+                return resp
+            self.labels["stage"] = max(self.labels["stage"], int(req.stage))
+        elif req.action == LabelEpisode.Request.SUCCESS:
+            self.labels.update(stage=len(STAGE_NAMES) - 1, success=True)
+        elif req.action == LabelEpisode.Request.FAILURE:
+            self.labels.update(failed=True, reason=req.note or "failure labelled by operator")
+        else:
+            resp.accepted, resp.message = False, f"unknown action {req.action}"
+            return resp
+        resp.accepted, resp.message = True, "labelled"
+        return resp
+
+    def on_raw(self, topic: str, data: bytes) -> None:
+        if topic == "bytemini/joint_states":
+            self.steps += 1
+        rec = self.recorder
+        if rec is None:
+            return
+        if "image" in topic and not self.get_parameter("record_images").value:
+            return
+        rec.write(self.resolve_topic_name(topic), data, time.time_ns())
+
+    def on_goal(self, goal: RunEpisode.Goal) -> GoalResponse:
+        if self.busy.locked():
+            self.get_logger().warn("goal rejected: an episode is already running")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def on_cancel(self, handle) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    # ------------------------------------------------------------------ episode
+    def _event(self, mon: EpisodeMonitor, event: int, goal: RunEpisode.Goal, seed: int,
+               instruction: str, record: str = "") -> None:
+        msg = EpisodeEvent(episode_id=mon.episode_id, event=event, stage=mon.stage,
+                           stage_name=STAGE_NAMES[mon.stage], success=mon.success,
+                           reward=mon.reward, seed=seed, instruction=instruction,
+                           record_path=record, message=mon.message)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_event.publish(msg)
+
+    def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
+        timeout = float(self.get_parameter("reset_timeout").value)
+        if not self.reset_client.wait_for_service(timeout_sec=timeout):
+            return "the driver's reset_scene service is not available"
+        request = ResetScene.Request(seed=goal.seed, mirrored=goal.mirrored,
+                                     options=list(goal.options))
+        deadline = time.monotonic() + timeout
+        # Right after discovery a response can be lost (the server's reply writer may not
+        # have matched our reader yet); a reset is idempotent, so ask again.
+        while time.monotonic() < deadline:
+            future = self.reset_client.call_async(request)
+            attempt_end = min(deadline, time.monotonic() + 2.0)
+            while not future.done() and time.monotonic() < attempt_end:
+                time.sleep(0.01)
+            if future.done():
+                resp = future.result()
+                if resp is None or not resp.success:
+                    return f"reset failed: {resp.message if resp else 'no response'}"
+                return resp
+            self.reset_client.remove_pending_request(future)
+            self.get_logger().warn("reset_scene did not answer in 2 s, asking again")
+        return "reset_scene timed out"
+
+    def _advance(self, mon: EpisodeMonitor, now: float, stage: int, success: bool,
+                 failed: bool, reason: str, goal: RunEpisode.Goal, instruction: str) -> None:
+        for new in mon.update(now, stage, success, failed, reason):
+            self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction)
+            self.get_logger().info(f"{mon.episode_id}: stage '{STAGE_NAMES[new]}'")
+
+    def execute(self, handle) -> RunEpisode.Result:
+        with self.busy:
+            try:
+                return self._run(handle)
+            except Exception as exc:  # noqa: BLE001 - never leave a half-open episode
+                self.get_logger().error(f"episode failed: {exc!r}")
+                if handle.is_active:
+                    handle.abort()
+                return RunEpisode.Result(message=f"invalid: internal error {exc!r}")
+            finally:
+                self.current = None
+                if self.recorder is not None:
+                    rec, self.recorder = self.recorder, None
+                    rec.close()
+
+    def _run(self, handle) -> RunEpisode.Result:
+        goal: RunEpisode.Goal = handle.request
+        limit = goal.time_limit if goal.time_limit > 0 else \
+            float(self.get_parameter("time_limit").value)
+        mon = EpisodeMonitor(new_episode_id(goal.seed), limit)
+        result = RunEpisode.Result(episode_id=mon.episode_id)
+        with self.task_lock:
+            prev_scene = self.task.scene_seq if self.task is not None else -1
+        reset = self._reset(goal)
+        if isinstance(reset, str):
+            self.get_logger().error(reset)
+            mon.finish(INVALID, reset)
+            self._event(mon, EpisodeEvent.EVENT_INVALID, goal, goal.seed, goal.instruction)
+            handle.abort()
+            result.message = reset
+            return result
+        instruction = goal.instruction or reset.instruction
+        with self.task_lock:
+            self.min_scene = prev_scene + 1   # only states of the new scene count
+            self.task = None
+            if self.failure is not None and self.failure.scene_seq < self.min_scene:
+                self.failure = None           # (a fault of this scene may already be here)
+        record_path = ""
+        if self.get_parameter("record").value:
+            base = self.get_parameter("record_dir").value or os.path.join(
+                os.environ.get("ROS_HOME", os.path.expanduser("~/.ros")), "episodes")
+            record_path = str(Path(base) / mon.episode_id)
+            topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
+            self.recorder = EpisodeRecorder(Path(record_path), topics, self.typestore)
+        self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
+        self.steps = 0
+        self.current = (mon, goal, instruction)
+        self.pub_instruction.publish(String(data=instruction))
+        self._event(mon, EpisodeEvent.EVENT_STARTED, goal, goal.seed, instruction, record_path)
+        self.get_logger().info(f"{mon.episode_id}: {instruction} (limit {limit:.0f} s)")
+        period = 1.0 / float(self.get_parameter("feedback_rate").value)
+        next_feedback = 0.0
+        # the scene this episode runs in: from the reset's answer when the driver tells it,
+        # else the first state seen (then a reset that lands before it is caught by the seed)
+        params = {kv.key: kv.value for kv in reset.scene_parameters}
+        seen_scene: int | None = int(params["scene_seq"]) if "scene_seq" in params else None
+        self.task_wall = time.monotonic()
+        state_timeout = float(self.get_parameter("state_timeout").value)
+        while not mon.done:
+            if handle.is_cancel_requested:
+                mon.finish(CANCELLED, "cancelled")
+                break
+            if not rclpy.ok():
+                mon.finish(CANCELLED, "shutting down")
+                break
+            if self.source == "operator":
+                lab = self.labels
+                now = self.get_clock().now().nanoseconds * 1e-9
+                self._advance(mon, now, lab["stage"], lab["success"], lab["failed"],
+                              lab["reason"], goal, instruction)
+                st = None
+            else:
+                with self.task_lock:
+                    st = self.failure or self.task
+                    silent = time.monotonic() - self.task_wall
+                if silent > state_timeout:
+                    mon.finish(INVALID, f"no task state from the driver for {silent:.0f} s")
+                    break
+            if st is not None:
+                if seen_scene is None:
+                    seen_scene = st.scene_seq
+                if (st.scene_seq != seen_scene or st.seed != goal.seed) and not st.failed:
+                    mon.finish(CANCELLED, "the scene was reset during the episode")
+                    break
+                now = st.header.stamp.sec + st.header.stamp.nanosec * 1e-9
+                self._advance(mon, now, st.stage, st.success, st.failed, st.failure_reason,
+                              goal, instruction)
+            if mon.start_time is not None and mon.elapsed >= next_feedback:
+                next_feedback = mon.elapsed + period
+                handle.publish_feedback(RunEpisode.Feedback(
+                    elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
+                    progress=-1.0))
+            time.sleep(0.02)
+        event = {SUCCESS: EpisodeEvent.EVENT_FINISHED, CANCELLED: EpisodeEvent.EVENT_ABORTED,
+                 INVALID: EpisodeEvent.EVENT_INVALID}.get(mon.status, EpisodeEvent.EVENT_FINISHED)
+        if mon.status == "timeout":
+            event = EpisodeEvent.EVENT_ABORTED
+        self.current = None
+        counts = {}
+        rec = self.recorder
+        if rec is not None:
+            events_topic = self.resolve_topic_name("grrl/episode")
+            before = rec.counts[events_topic]
+            self._event(mon, event, goal, goal.seed, instruction, record_path)
+            # let the final event reach the record before closing it
+            deadline = time.monotonic() + 1.0
+            while rec.counts[events_topic] == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.recorder = None
+            counts = rec.close()
+        else:
+            self._event(mon, event, goal, goal.seed, instruction, record_path)
+        result.success = mon.success
+        result.stages_reached = mon.stage
+        result.stage_names_reached = [STAGE_NAMES[s] for s in mon.reached]
+        result.reward = mon.reward
+        result.record_path = record_path
+        result.message = f"{mon.status}: {mon.message}"
+        self.get_logger().info(f"{mon.episode_id}: {result.message}; recorded "
+                               f"{sum(counts.values())} messages")
+        if mon.status == CANCELLED and handle.is_cancel_requested:
+            handle.canceled()
+        elif mon.status == INVALID:
+            handle.abort()
+        else:
+            handle.succeed()
+        return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    rclpy.init(args=argv)
+    node = EpisodeNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    rec_executor = rclpy.executors.SingleThreadedExecutor()
+    rec_executor.add_node(node.rec_node)
+    def spin_recorder() -> None:
+        try:
+            rec_executor.spin()
+        except ExternalShutdownException:
+            pass
+        except RuntimeError:
+            if rclpy.ok():
+                raise
+
+    rec_thread = threading.Thread(target=spin_recorder, daemon=True)
+    rec_thread.start()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RuntimeError:
+        if rclpy.ok():  # (a take racing with shutdown is not an error)
+            raise
+    finally:
+        # orderly: stop both executors and their threads before any node is destroyed
+        rec_executor.shutdown(timeout_sec=2.0)
+        rec_thread.join(timeout=2.0)
+        executor.shutdown(timeout_sec=2.0)
+        if node.recorder is not None:
+            node.recorder.close()
+        node.rec_node.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,104 @@
+"""Run episodes through the ``RunEpisode`` action and print their results.
+
+As a node (``run_episodes``, parameters episodes/seed/time_limit/mirrored) it is the
+required process of ``launch/sim.launch.xml``: the launch ends when it is done. As a CLI
+(``grrl-run-episodes --episodes 3``) it drives an already running graph.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from grrl_tools.node_main import NUMBER
+from grrl_interfaces.action import RunEpisode
+
+
+
+class EpisodeRunner(Node):
+    def __init__(self, overrides: dict | None = None) -> None:
+        super().__init__("run_episodes")
+        self.declare_parameter("episodes", 1)
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("time_limit", 0.0, NUMBER)
+        self.declare_parameter("mirrored", False)
+        self.declare_parameter("server_timeout", 60.0, NUMBER)
+        self.overrides = overrides or {}
+        self.client = ActionClient(self, RunEpisode, "grrl/run_episode")
+
+    def param(self, name: str):
+        return self.overrides.get(name, self.get_parameter(name).value)
+
+    def _wait(self, future, what: str, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while rclpy.ok() and not future.done():
+            rclpy.spin_once(self, timeout_sec=0.1)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+        return future.result()
+
+    def run(self) -> int:
+        log = self.get_logger()
+        if not self.client.wait_for_server(timeout_sec=float(self.param("server_timeout"))):
+            log.error("no RunEpisode action server (is the episode node running?)")
+            return 2
+        n, seed0 = int(self.param("episodes")), int(self.param("seed"))
+        successes, failures = 0, 0
+        for i in range(n):
+            goal = RunEpisode.Goal(seed=seed0 + i, time_limit=float(self.param("time_limit")),
+                                   mirrored=bool(self.param("mirrored")))
+            handle = self._wait(self.client.send_goal_async(
+                goal, feedback_callback=lambda f: None), "goal acceptance", 30.0)
+            if handle is None or not handle.accepted:
+                log.error(f"episode {i}: goal rejected")
+                failures += 1
+                continue
+            wrapped = self._wait(handle.get_result_async(), "the episode result")
+            if wrapped is None:
+                return 130
+            r = wrapped.result
+            successes += int(r.success)
+            if wrapped.status != 4:  # not SUCCEEDED: the episode could not be run properly
+                failures += 1
+            stages = ", ".join(r.stage_names_reached) or "none"
+            print(f"episode {i + 1}/{n} seed {goal.seed}: {'SUCCESS' if r.success else 'FAILURE'}"
+                  f" | stages: {stages} | reward {r.reward:.0f} | {r.message} | record: "
+                  f"{r.record_path or '-'}", flush=True)
+        print(f"success {successes}/{n} ({100.0 * successes / max(n, 1):.0f}%)", flush=True)
+        # a failed task is a result, not an error; invalid or rejected episodes are errors
+        return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    ros_args = rclpy.utilities.remove_ros_args(argv)
+    parser = argparse.ArgumentParser(prog="grrl-run-episodes", description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, help="number of episodes")
+    parser.add_argument("--seed", type=int, help="seed of the first episode (then +1 each)")
+    parser.add_argument("--time-limit", type=float, help="seconds per episode (0: node default)")
+    parser.add_argument("--mirrored", action="store_true", default=None,
+                        help="run the mirrored scenes")
+    args = parser.parse_args(ros_args[1:])
+    overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
+                                   ("time_limit", args.time_limit),
+                                   ("mirrored", args.mirrored)) if v is not None}
+    rclpy.init(args=argv)
+    node = EpisodeRunner(overrides)
+    code = 1
+    try:
+        code = node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        code = 130
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""online stage of the GR-RL pipeline."""
