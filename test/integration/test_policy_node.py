@@ -183,26 +183,12 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
 def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_node, tmp_path):
     """A 'tiny-state-task' checkpoint: state in from TaskState, 20 task-space values out, IK to
     joint targets in the node; every command within the limits, the robot moves."""
-    import torch
-
     from grrl_interfaces.msg import ActionChunk
-    from grrl_policy.checkpoint import save_checkpoint
-    from grrl_policy.model import GRRLModel, preset
-    from grrl_policy.task_space import TaskSpaceDecoder, task_names
-    from bytemini_driver.sim import ShoeLacingSim
+    from grrl_policy.task_space import task_names
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
-    torch.manual_seed(0)
-    model = GRRLModel(preset("tiny-state-task"))
-    sim = ShoeLacingSim()
-    home = TaskSpaceDecoder().proprio(sim.home_q)
-    sim.close()
-    # a fresh model's chunks scatter ~2 cm around the home poses: reachable, but not still
-    std = torch.full((20,), 0.02)
-    model.normalizer.set("action", torch.from_numpy(home), std)
-    model.normalizer.set("proprio", torch.from_numpy(home), std)
-    save_checkpoint(model, tmp_path / "task", version=1)
+    task_space_checkpoint(tmp_path / "task")
 
     chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
     commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
@@ -228,7 +214,8 @@ def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_no
 
 
 def task_space_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A fresh 'tiny-state-task' model whose chunks scatter ~2 cm around the home poses."""
+    """A fresh 'tiny-state-task' model whose chunks scatter ~2 cm around the home poses:
+    reachable, but not still."""
     import torch
 
     from bytemini_driver.sim import ShoeLacingSim

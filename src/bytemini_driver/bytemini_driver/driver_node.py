@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -32,7 +33,8 @@ from bytemini_driver import description as desc
 from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from grrl_tools.image_codec import encode_raw
-from grrl_tools.node_main import NUMBER, run_node
+from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.node_main import run_node
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
 from grrl_interfaces.msg import TaskState
 from grrl_interfaces.srv import ResetScene
@@ -55,29 +57,43 @@ def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
 
 
 
+@dataclass
+class DriverNodeConfig:
+    """The driver node's parameters (the backend receives them as a dict at configure)."""
+    backend: str = "mujoco"
+    """a registered backend ('mujoco', 'topic_bridge') or 'module:Class' (an integrator's own)"""
+    control_rate: float = 50.0
+    """control loop and joint-state rate (Hz)"""
+    camera_rate: float = 10.0
+    """camera image rate (Hz)"""
+    image_width: int = 224
+    """camera image width (pixels)"""
+    image_height: int = 224
+    """camera image height (pixels)"""
+    publish_images: bool = True
+    """publish camera images (off: state-only policies, faster simulation)"""
+    real_time_factor: float = 1.0
+    """simulated seconds per wall-clock second"""
+    watchdog_timeout: float = 1.0
+    """hold the arms when no command came for this long (s)"""
+    seed: int = 0
+    """scene seed of the first reset"""
+    autostart: bool = False
+    """configure and activate without a lifecycle manager"""
+
+
 class DriverNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__("bytemini_driver")
-        self.declare_parameter("backend", "mujoco")
-        self.declare_parameter("control_rate", 50.0, NUMBER)
-        self.declare_parameter("camera_rate", 10.0, NUMBER)
-        self.declare_parameter("image_width", 224)
-        self.declare_parameter("image_height", 224)
-        self.declare_parameter("publish_images", True)
-        self.declare_parameter("real_time_factor", 1.0, NUMBER)
-        self.declare_parameter("watchdog_timeout", 1.0, NUMBER)
-        self.declare_parameter("seed", 0)
-        self.declare_parameter("autostart", False)
+        declare_parameters(self, DriverNodeConfig())
         self.driver: RobotDriver | None = None
         self.timer = None
         self.names = desc.actuated_joint_names()
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        p = {n: self.get_parameter(n).value for n in (
-            "backend", "control_rate", "camera_rate", "image_width", "image_height",
-            "publish_images", "real_time_factor", "watchdog_timeout", "seed")}
         try:
+            p = asdict(from_parameters(self, DriverNodeConfig()))
             self.driver = load_backend(p["backend"])
             self.driver.configure(p, node=self)
             self.limits = self.driver.joint_limits()

@@ -9,6 +9,7 @@ next target one control period later.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -21,21 +22,30 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
-from grrl_tools.node_main import NUMBER, run_node
+from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.node_main import run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
 
 
 
+@dataclass
+class ExpertNodeConfig:
+    """The expert node's parameters."""
+    control_rate: float = 50.0
+    """command rate (Hz)"""
+    flawed: bool = False
+    """act like a human teleoperator (bytemini_driver.demonstrator) and annotate retry
+    keyframes through the episode node's labelling service"""
+
+
 class ExpertNode(Node):
     def __init__(self) -> None:
         super().__init__("scripted_expert")
-        self.declare_parameter("control_rate", 50.0, NUMBER)
-        # flawed: act like a human teleoperator (bytemini_driver.demonstrator) and annotate
-        # retry keyframes through the episode node's labelling service
-        self.declare_parameter("flawed", False)
-        self.dt = 1.0 / float(self.get_parameter("control_rate").value)
-        self.flawed = bool(self.get_parameter("flawed").value)
+        declare_parameters(self, ExpertNodeConfig())
+        cfg = from_parameters(self, ExpertNodeConfig())
+        self.dt = 1.0 / cfg.control_rate
+        self.flawed = cfg.flawed
         self.expert = FlawedDemonstrator() if self.flawed else ScriptedExpert()
         self.labels = self.create_client(LabelEpisode, "grrl/label_episode")
         self.labelled = 0

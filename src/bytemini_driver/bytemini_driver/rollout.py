@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirrored", action="store_true", help="run the mirrored scenes")
     parser.add_argument("--time-limit", type=float, default=40.0, help="simulated seconds")
     parser.add_argument("--json", help="write the per-episode results here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     jobs = [(args.seed + i, args.mirrored, args.time_limit) for i in range(args.episodes)]
-    results = map_episodes(_work, jobs, args.workers, desc="expert episodes")
+    results = map_episodes(_work, jobs, args.workers, desc="expert episodes",
+                           progress=not args.quiet)
     n, k = len(results), sum(r.success for r in results)
     lo, hi = wilson_interval(k, n)
     print(f"scripted expert: {k}/{n} successes = {100 * k / n:.1f}% "

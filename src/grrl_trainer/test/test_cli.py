@@ -11,7 +11,9 @@ from grrl_tools.config_cli import field_docs, walk
 from grrl_trainer import reproduce
 from grrl_trainer.data import cli as data_cli
 from grrl_trainer.data.collect import CollectConfig
+from grrl_trainer.evaluation import evaluate, imitation
 from grrl_trainer.offline import bc, critic_train, pipeline
+from grrl_trainer.online import trainer
 
 CLIS = {
     "grrl-train-bc": (bc.main, [], [(bc.BCConfig(), ())]),
@@ -23,6 +25,9 @@ CLIS = {
     "grrl-data collect": (data_cli.main, ["collect"],
                           [(data_cli.CollectRun(), ()), (CollectConfig(), data_cli.COLLECT_FLATTEN)]),
     "grrl-data convert": (data_cli.main, ["convert"], [(CollectConfig(), ())]),
+    "grrl-eval": (evaluate.main, [], [(evaluate.EvalConfig(), evaluate.CLI_FLATTEN)]),
+    "grrl-eval imitation": (evaluate.main, ["imitation"], [(imitation.ImitationConfig(), ())]),
+    "grrl-online": (trainer.main, [], [(trainer.OnlineConfig(), ()), (trainer.RolloutConfig(), ())]),
 }
 
 
@@ -47,7 +52,8 @@ def test_help_shows_every_config_field(name, capsys):
 
 @pytest.mark.parametrize("cls", [bc.BCConfig, critic_train.CriticRunConfig, pipeline.OfflineConfig,
                                  reproduce.ReproduceConfig, CollectConfig, FilterConfig,
-                                 data_cli.CollectRun])
+                                 data_cli.CollectRun, evaluate.EvalConfig, imitation.ImitationConfig,
+                                 trainer.OnlineConfig, trainer.RolloutConfig])
 def test_every_field_is_documented(cls):
     names = {f.name for f in dataclasses.fields(cls)}
     assert names - set(field_docs(cls)) == set()

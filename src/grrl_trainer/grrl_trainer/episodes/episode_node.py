@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import rclpy
@@ -23,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
 
-from grrl_tools.node_main import NUMBER
+from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -64,19 +65,33 @@ def _import_type(name: str):
 
 
 
+@dataclass
+class EpisodeNodeConfig:
+    """The episode node's parameters."""
+    time_limit: float = 60.0
+    """simulated seconds per episode (a goal's own time limit wins when > 0)"""
+    record: bool = True
+    """record every episode to MCAP"""
+    record_dir: str = ""
+    """where records go ('' = $ROS_HOME/episodes, ~/.ros/episodes by default)"""
+    record_images: bool = True
+    """record camera images too (off: state-only records, smaller files)"""
+    reset_timeout: float = 10.0
+    """wall seconds to wait for the driver's scene reset"""
+    feedback_rate: float = 2.0
+    """RunEpisode feedback rate (Hz)"""
+    state_timeout: float = 5.0
+    """wall seconds without a task state before the episode is invalid"""
+    stage_source: str = "sim"
+    """where stages come from: 'sim' (the simulator's task state) or 'operator' (labels)"""
+
+
 class EpisodeNode(Node):
     def __init__(self) -> None:
         super().__init__("episode_node")
-        self.declare_parameter("time_limit", 60.0, NUMBER)
-        self.declare_parameter("record", True)
-        self.declare_parameter("record_dir", "")
-        self.declare_parameter("record_images", True)
-        self.declare_parameter("reset_timeout", 10.0, NUMBER)
-        self.declare_parameter("feedback_rate", 2.0, NUMBER)
-        self.declare_parameter("state_timeout", 5.0, NUMBER)   # wall s without task state
-        # where stages come from: the simulator's task state, or an operator's labels
-        self.declare_parameter("stage_source", "sim")
-        self.source = self.get_parameter("stage_source").value
+        declare_parameters(self, EpisodeNodeConfig())
+        self.cfg = cfg = from_parameters(self, EpisodeNodeConfig())
+        self.source = cfg.stage_source
         if self.source not in ("sim", "operator"):
             raise ValueError(f"stage_source must be 'sim' or 'operator', got {self.source!r}")
         self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
@@ -172,7 +187,7 @@ class EpisodeNode(Node):
         rec = self.recorder
         if rec is None:
             return
-        if "image" in topic and not self.get_parameter("record_images").value:
+        if "image" in topic and not self.cfg.record_images:
             return
         rec.write(self.resolve_topic_name(topic), data, time.time_ns())
 
@@ -196,7 +211,7 @@ class EpisodeNode(Node):
         self.pub_event.publish(msg)
 
     def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
-        timeout = float(self.get_parameter("reset_timeout").value)
+        timeout = self.cfg.reset_timeout
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
         request = ResetScene.Request(seed=goal.seed, mirrored=goal.mirrored,
@@ -241,8 +256,7 @@ class EpisodeNode(Node):
 
     def _run(self, handle) -> RunEpisode.Result:
         goal: RunEpisode.Goal = handle.request
-        limit = goal.time_limit if goal.time_limit > 0 else \
-            float(self.get_parameter("time_limit").value)
+        limit = goal.time_limit if goal.time_limit > 0 else self.cfg.time_limit
         mon = EpisodeMonitor(new_episode_id(goal.seed), limit)
         result = RunEpisode.Result(episode_id=mon.episode_id)
         with self.task_lock:
@@ -262,8 +276,8 @@ class EpisodeNode(Node):
             if self.failure is not None and self.failure.scene_seq < self.min_scene:
                 self.failure = None           # (a fault of this scene may already be here)
         record_path = ""
-        if self.get_parameter("record").value:
-            base = self.get_parameter("record_dir").value or os.path.join(
+        if self.cfg.record:
+            base = self.cfg.record_dir or os.path.join(
                 os.environ.get("ROS_HOME", os.path.expanduser("~/.ros")), "episodes")
             record_path = str(Path(base) / mon.episode_id)
             topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
@@ -274,14 +288,14 @@ class EpisodeNode(Node):
         self.pub_instruction.publish(String(data=instruction))
         self._event(mon, EpisodeEvent.EVENT_STARTED, goal, goal.seed, instruction, record_path)
         self.get_logger().info(f"{mon.episode_id}: {instruction} (limit {limit:.0f} s)")
-        period = 1.0 / float(self.get_parameter("feedback_rate").value)
+        period = 1.0 / self.cfg.feedback_rate
         next_feedback = 0.0
         # the scene this episode runs in: from the reset's answer when the driver tells it,
         # else the first state seen (then a reset that lands before it is caught by the seed)
         params = {kv.key: kv.value for kv in reset.scene_parameters}
         seen_scene: int | None = int(params["scene_seq"]) if "scene_seq" in params else None
         self.task_wall = time.monotonic()
-        state_timeout = float(self.get_parameter("state_timeout").value)
+        state_timeout = self.cfg.state_timeout
         while not mon.done:
             if handle.is_cancel_requested:
                 mon.finish(CANCELLED, "cancelled")

@@ -1,6 +1,6 @@
 """Run episodes through the ``RunEpisode`` action and print their results.
 
-As a node (``run_episodes``, parameters episodes/seed/time_limit/mirrored) it is the
+As a node (``run_episodes``, parameters: :class:`RunEpisodesConfig`) it is the
 required process of ``launch/sim.launch.xml``: the launch ends when it is done. As a CLI
 (``grrl-run-episodes --episodes 3``) it drives an already running graph.
 """
@@ -9,30 +9,43 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from grrl_tools.node_main import NUMBER
 from grrl_interfaces.action import RunEpisode
+from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
 
+
+@dataclass
+class RunEpisodesConfig:
+    """What to run (node parameters; CLI flags override them)."""
+    episodes: int = 1
+    """number of episodes"""
+    seed: int = 0
+    """seed of the first episode (then +1 each)"""
+    time_limit: float = 0.0
+    """seconds per episode (0: the episode node's default)"""
+    mirrored: bool = False
+    """run the mirrored scenes"""
+    server_timeout: float = 60.0
+    """wall seconds to wait for the episode node's action server"""
 
 
 class EpisodeRunner(Node):
     def __init__(self, overrides: dict | None = None) -> None:
         super().__init__("run_episodes")
-        self.declare_parameter("episodes", 1)
-        self.declare_parameter("seed", 0)
-        self.declare_parameter("time_limit", 0.0, NUMBER)
-        self.declare_parameter("mirrored", False)
-        self.declare_parameter("server_timeout", 60.0, NUMBER)
+        declare_parameters(self, RunEpisodesConfig())
         self.overrides = overrides or {}
         self.client = ActionClient(self, RunEpisode, "grrl/run_episode")
 
     def param(self, name: str):
-        return self.overrides.get(name, self.get_parameter(name).value)
+        if name in self.overrides:
+            return self.overrides[name]
+        return getattr(from_parameters(self, RunEpisodesConfig()), name)
 
     def _wait(self, future, what: str, timeout: float | None = None):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -78,15 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     ros_args = rclpy.utilities.remove_ros_args(argv)
     parser = argparse.ArgumentParser(prog="grrl-run-episodes", description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, help="number of episodes")
-    parser.add_argument("--seed", type=int, help="seed of the first episode (then +1 each)")
-    parser.add_argument("--time-limit", type=float, help="seconds per episode (0: node default)")
-    parser.add_argument("--mirrored", action="store_true", default=None,
-                        help="run the mirrored scenes")
+    add_arguments(parser, RunEpisodesConfig())
+    # a flag given overrides the node parameter; one not given leaves the parameter
+    parser.set_defaults(**{f: None for f in vars(parser.parse_args([]))})
     args = parser.parse_args(ros_args[1:])
-    overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
-                                   ("time_limit", args.time_limit),
-                                   ("mirrored", args.mirrored)) if v is not None}
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
     rclpy.init(args=argv)
     node = EpisodeRunner(overrides)
     code = 1

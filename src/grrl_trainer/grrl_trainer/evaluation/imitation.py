@@ -90,12 +90,15 @@ def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: GRRLModel, arrays: EpisodeArrays, rows: np.ndarray, noise: str, seed: int,
-            batch_size: int = 256) -> np.ndarray:
+            batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """The policy's chunks (B, k, D) in physical units at dataset rows (B,)."""
+    from tqdm import tqdm
+
     cfg = model.cfg
     out = []
     local = arrays.local(rows)
-    for i in range(0, len(rows), batch_size):
+    for i in tqdm(range(0, len(rows), batch_size), desc="chunks", unit="batch",
+                  disable=not progress):
         r, e = rows[i:i + batch_size], local[i:i + batch_size]
         obs = {INSTRUCTION: [arrays.instructions[j] for j in e],
                STATE: torch.from_numpy(arrays.state[r])}
@@ -163,8 +166,8 @@ def replan_disagreement(pred: np.ndarray, rows: np.ndarray, arrays: EpisodeArray
     return _stats(d.ravel())
 
 
-def evaluate_imitation(model: GRRLModel, arrays: EpisodeArrays, cfg: ImitationConfig
-                       ) -> dict[str, Any]:
+def evaluate_imitation(model: GRRLModel, arrays: EpisodeArrays, cfg: ImitationConfig,
+                       progress: bool = False) -> dict[str, Any]:
     """Policy and hold-still errors at every ``stride``-th step of the loaded episodes."""
     mcfg = model.cfg
     if mcfg.action_space != "task" or mcfg.action_dim != TASK_DIM or not mcfg.observes_state:
@@ -175,7 +178,7 @@ def evaluate_imitation(model: GRRLModel, arrays: EpisodeArrays, cfg: ImitationCo
                            for s, n in zip(arrays.start, arrays.length)])
     demo, mask = arrays.chunks(rows, mcfg.horizon)
     proprio = arrays.proprio[rows]
-    pred = predict(model.eval(), arrays, rows, cfg.noise, cfg.seed, cfg.batch_size)
+    pred = predict(model.eval(), arrays, rows, cfg.noise, cfg.seed, cfg.batch_size, progress)
     hold = np.repeat(proprio[:, None], mcfg.horizon, 1)
     policy = chunk_errors(pred, demo, mask, proprio, cfg.idle_mm)
     still = chunk_errors(hold, demo, mask, proprio, cfg.idle_mm)
@@ -240,11 +243,11 @@ def load_held_out(cfg: ImitationConfig) -> EpisodeArrays:
     return EpisodeArrays.load(dataset, "task", chosen)
 
 
-def run(checkpoint: str, cfg: ImitationConfig) -> dict[str, Any]:
+def run(checkpoint: str, cfg: ImitationConfig, progress: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoint``; writes imitation.json and imitation.png into ``cfg.out_dir``."""
     model, meta = load_checkpoint(checkpoint)
     arrays = load_held_out(cfg)
-    report = evaluate_imitation(model, arrays, cfg)
+    report = evaluate_imitation(model, arrays, cfg, progress)
     report.update(checkpoint=str(checkpoint), sha256=meta.sha256, config=asdict(cfg))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grrl-eval imitation", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="policy checkpoint")
     add_arguments(parser, ImitationConfig())
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         cfg = from_args(args, ImitationConfig())
         if not cfg.data:
             raise ValueError("--data (held-out demonstrations) is required")
-        report = run(args.checkpoint, cfg)
+        report = run(args.checkpoint, cfg, progress=not args.quiet)
     except (CheckpointError, DatasetError, OSError, ValueError) as e:
         print(f"grrl-eval imitation: error: {e}", file=sys.stderr)
         return 2
