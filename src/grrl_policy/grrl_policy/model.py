@@ -74,6 +74,13 @@ class ModelConfig:
     action_mode: str = "absolute"
     """'absolute' targets, or 'delta': the model works on a - q (targets relative to the current
     joint positions; needs action_dim == proprio_dim), normalised by the statistics of a - q"""
+    action_norm: str = "pooled"
+    """'pooled': one mean/std per action dimension; 'per_step': one per chunk step and dimension
+    (a delta chunk's first steps move millimetres, its last centimetres: pooled statistics make
+    the first steps' errors look 10x smaller than they are)"""
+    state_norm: bool = False
+    """normalise the simulator state by the dataset's mean/std before the backbone (off: raw
+    metres into a linear layer, the checkpoints made before this option)"""
 
     @property
     def observes_state(self) -> bool:
@@ -173,13 +180,18 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
 
 
 class Normalizer(nn.Module):
-    """Per-dimension mean/std of actions and proprioception (identity until set)."""
+    """Mean/std of actions (per dimension, or per chunk step and dimension: ``horizon`` > 0),
+    proprioception and, with ``state_dim`` > 0, the simulator state (identity until set)."""
 
-    def __init__(self, action_dim: int, proprio_dim: int):
+    def __init__(self, action_dim: int, proprio_dim: int, horizon: int = 0, state_dim: int = 0):
         super().__init__()
-        for name, dim in ((ACTION, action_dim), (PROPRIO, proprio_dim)):
-            self.register_buffer(f"{name}_mean", torch.zeros(dim))
-            self.register_buffer(f"{name}_std", torch.ones(dim))
+        shapes = {ACTION: (horizon, action_dim) if horizon else (action_dim,),
+                  PROPRIO: (proprio_dim,)}
+        if state_dim:
+            shapes[STATE] = (state_dim,)
+        for name, shape in shapes.items():
+            self.register_buffer(f"{name}_mean", torch.zeros(shape))
+            self.register_buffer(f"{name}_std", torch.ones(shape))
 
     def set(self, name: str, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> None:
         getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -205,6 +217,10 @@ class GRRLModel(nn.Module):
                 raise ValueError(f"action_space 'task' needs action_dim == proprio_dim == {TASK_DIM}")
         if cfg.action_mode == "delta" and cfg.action_dim != cfg.proprio_dim:
             raise ValueError("action_mode 'delta' needs action_dim == proprio_dim (joint targets)")
+        if cfg.action_norm not in ("pooled", "per_step"):
+            raise ValueError(f"action_norm must be 'pooled' or 'per_step', got {cfg.action_norm!r}")
+        if cfg.state_norm and not cfg.observes_state:
+            raise ValueError("state_norm needs a model that observes the simulator state")
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         bb = self.backbone
@@ -216,12 +232,18 @@ class GRRLModel(nn.Module):
                                      for _ in range(cfg.n_critics))
         self.noise_predictor = expert(None, cfg.action_dim, causal=False)
         self.noise_critic = expert(cfg.action_dim, cfg.value_bins, causal=True)
-        self.normalizer = Normalizer(cfg.action_dim, cfg.proprio_dim)
+        self.normalizer = Normalizer(
+            cfg.action_dim, cfg.proprio_dim, cfg.horizon if cfg.action_norm == "per_step" else 0,
+            cfg.tiny.state_dim if cfg.state_norm else 0)
 
     # -- backbone -------------------------------------------------------------------------
     def encode(self, obs: dict) -> Prefix:
         """obs: ``instruction`` list[str] (B) and ``images`` (B, n_cam, H, W, 3) uint8 or
         ``state`` (B, state_dim). Returns the latter-half key/value prefix."""
+        if self.cfg.state_norm:
+            state = torch.as_tensor(obs[STATE]).float()
+            if state.ndim == 2 and state.shape[1] == self.cfg.tiny.state_dim:  # else: the backbone's error
+                obs = {**obs, STATE: self.normalizer.norm(STATE, state)}
         return self.backbone.encode(obs)
 
     # -- policy π_θ ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from grrl_trainer.data.collect import CollectConfig, collect
 from grrl_trainer.data.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
                                   read_meta, write_episode)
 from grrl_trainer.data.mirror import mirror_sample
-from grrl_trainer.data.windows import TransitionWindows, WindowConfig
+from grrl_trainer.data.windows import TransitionWindows, WindowConfig, episode_task_arrays
 
 
 def record(seed: int, T: int, success: bool, keyframes=(), images: bool = True) -> EpisodeRecord:
@@ -206,3 +206,13 @@ def test_task_space_windows_collate_and_statistics(tiny: Path):
     assert abs(mean[1] + mean[11]) < 1e-5
     with pytest.raises(ValueError, match="action space"):
         collate(samples, "state", "cartesian")
+    # per chunk step i: the statistics of a_{t+i} - q_t (with the mirror image)
+    mean, std = normalization_stats(ds, space="task", action_mode="delta", horizon=3,
+                                    per_step=True)["action"]
+    assert mean.shape == std.shape == (3, TASK_DIM)
+    arrays = [episode_task_arrays(ds, e) for e in range(len(ds.episodes))]
+    for i in range(3):
+        d = np.concatenate([a[i:] - q[:len(q) - i] for q, a in arrays])
+        d = np.concatenate([d, mirror_task(d)])
+        np.testing.assert_allclose(mean[i], d.mean(0), atol=1e-5)
+        np.testing.assert_allclose(std[i], d.std(0), rtol=1e-4, atol=1e-6)

@@ -84,3 +84,39 @@ def test_report_of_a_model_beside_hold_still():
     assert set(report["policy"]["steps"]) == set(range(1, 17))
     assert isinstance(report["below_hold_still_every_step"], bool)
     assert "re-plan disagreement" in summary_table(report)
+
+
+def test_state_and_per_step_normalisers_are_part_of_the_model(tmp_path):
+    """state_norm: the backbone sees (state - mean) / std; per_step: (k, D) action statistics;
+    both are saved with the weights and refused by a model built without them."""
+    from grrl_policy.checkpoint import load_checkpoint, save_checkpoint
+    from grrl_policy.keys import INSTRUCTION, STATE
+
+    small = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
+                      "text_encoder": "hashed"}, "expert": {"width": 32, "heads": 2}, "horizon": 4}
+    torch.manual_seed(0)
+    model = GRRLModel(configure("tiny-state-task", {**small, "state_norm": True,
+                                                    "action_norm": "per_step",
+                                                    "action_mode": "delta"}))
+    assert model.normalizer.action_mean.shape == (4, TASK_DIM)
+    mean, std = torch.randn(42), torch.rand(42) + 0.5
+    model.normalizer.set("state", mean, std)
+    model.normalizer.set("action", torch.zeros(4, TASK_DIM), torch.linspace(0.01, 0.04, 4)[:, None]
+                         .expand(4, TASK_DIM))
+    state = torch.randn(2, 42)
+    seen = {}
+    encode = model.backbone.encode
+    model.backbone.encode = lambda o: (seen.update(state=o[STATE]), encode(o))[1]
+    obs = {INSTRUCTION: ["thread the left lace end"] * 2, STATE: state}
+    model.encode(obs)
+    torch.testing.assert_close(seen["state"], (state - mean) / std)
+    proprio = torch.randn(2, TASK_DIM)
+    a_n = torch.ones(2, 4, TASK_DIM)
+    # step i of the chunk is scaled by its own std
+    delta = model.decode_actions(a_n, proprio) - proprio[:, None]
+    torch.testing.assert_close(delta[0, :, 0], torch.linspace(0.01, 0.04, 4))
+    save_checkpoint(model, tmp_path / "m", version=1)
+    again, _ = load_checkpoint(tmp_path / "m")
+    torch.testing.assert_close(again.normalizer.state_std, model.normalizer.state_std)
+    with pytest.raises(ValueError, match="state_norm"):
+        GRRLModel(configure("tiny", {"state_norm": True}))

@@ -19,6 +19,17 @@ from grrl_trainer.data.dataset import EpisodeDataset
 from grrl_trainer.data.windows import episode_task_arrays
 
 
+def episode_states(dataset: EpisodeDataset, ep: int) -> np.ndarray:
+    """(T, state_dim) float32 simulator-state observations of episode ``ep`` (it must have the
+    lace recorded)."""
+    meta = dataset.episodes[ep]
+    if not meta["has_lace"]:
+        raise ValueError(f"episode {ep} has no lace: state observations need it")
+    scene = eyelet_from_scene(meta["scene"])
+    return np.stack([state_vector(p, *scene) for p in dataset.load(ep, "observation/lace")]
+                    ).astype(np.float32)
+
+
 @dataclass
 class EpisodeArrays:
     """Rows = steps of the episodes, concatenated in episode order."""
@@ -55,12 +66,7 @@ class EpisodeArrays:
             raise ValueError("no episodes to load")
         states, props, acts, lens = [], [], [], []
         for ep in chosen:
-            meta = dataset.episodes[ep]
-            if not meta["has_lace"]:
-                raise ValueError(f"episode {ep} has no lace: state observations need it")
-            scene = eyelet_from_scene(meta["scene"])
-            lace = dataset.load(ep, "observation/lace")
-            states.append(np.stack([state_vector(p, *scene) for p in lace]).astype(np.float32))
+            states.append(episode_states(dataset, ep))
             if space == "task":
                 p, a = episode_task_arrays(dataset, ep)
             elif space == "joint":

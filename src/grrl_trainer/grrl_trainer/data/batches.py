@@ -71,37 +71,62 @@ def collate(samples: list[dict[str, Any]], observation: str = "images",
 
 def normalization_stats(dataset: EpisodeDataset, max_episodes: int | None = None,
                         action_mode: str = "absolute", horizon: int = 16,
-                        space: str = "joint") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-dimension mean and std of the actions and joint positions over the dataset's steps
-    (mirror-symmetric: the statistics of the data and of its mirror image are pooled, so that
-    the same normaliser serves mirrored samples). ``action_mode='delta'``: statistics of the
-    targets of whole chunks relative to the joint positions they start from, a_{t+i} - q_t for
-    i < ``horizon`` (see ModelConfig.action_mode). ``space='task'``: of the task-space vectors
-    (grrl_policy.task_space)."""
+                        space: str = "joint", per_step: bool = False,
+                        state: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and std of the actions, the proprioception and (``state``) the simulator state
+    over the dataset's steps (mirror-symmetric: the statistics of the data and of its mirror
+    image are pooled, so that the same normaliser serves mirrored samples). ``action_mode=
+    'delta'``: of chunk targets relative to the pose they start from, a_{t+i} - q_t for
+    i < ``horizon`` (see ModelConfig.action_mode); ``per_step``: one mean/std per chunk step i,
+    (horizon, D), instead of one over all steps, (D,). ``space='task'``: of the task-space
+    vectors (grrl_policy.task_space)."""
+    from grrl_policy.sim_state_spec import mirror_state
     from grrl_policy.task_space import mirror_task
+    from grrl_trainer.data.arrays import episode_states
     from grrl_trainer.data.mirror import mirror_joints
     from grrl_trainer.data.windows import episode_task_arrays
     space_keys(space)
     mirror = mirror_task if space == "task" else mirror_joints
-    acts, props = [], []
+    acts: list[list[np.ndarray]] = [[] for _ in range(horizon)]
+    props, states = [], []
     n = len(dataset.episodes) if max_episodes is None else min(max_episodes, len(dataset.episodes))
     for ep in range(n):
         if space == "task":
             q, a = episode_task_arrays(dataset, ep)
         else:
             q, a = dataset.load(ep, keys.STATE_JOINTS), dataset.load(ep, keys.ACTION_JOINTS)
-        if action_mode == "delta":
-            acts += [a[i:] - q[:len(q) - i] for i in range(min(horizon, len(q)))]
-        else:
-            acts.append(a)
+        for i in range(min(horizon, len(q))):
+            acts[i].append(a[i:] - q[:len(q) - i] if action_mode == "delta" else a[i:])
         props.append(q)
-    if not acts:
+        if state:
+            states.append(episode_states(dataset, ep))
+    if not props:
         raise ValueError("the dataset has no episodes to compute statistics from")
-    out = {}
-    for name, rows in (("action", np.concatenate(acts)), ("proprio", np.concatenate(props))):
-        both = np.concatenate([rows, mirror(rows)])
-        out[name] = (both.mean(0).astype(np.float32), both.std(0).astype(np.float32))
+
+    def stats(rows: np.ndarray, flip) -> tuple[np.ndarray, np.ndarray]:
+        both = np.concatenate([rows, flip(rows)])
+        return both.mean(0).astype(np.float32), both.std(0).astype(np.float32)
+
+    per = [stats(np.concatenate(a), mirror) for a in acts if a]
+    out = {"proprio": stats(np.concatenate(props), mirror)}
+    if per_step:       # steps no episode is long enough for keep the last step's statistics
+        per += [per[-1]] * (horizon - len(per))
+        out["action"] = (np.stack([m for m, _ in per]), np.stack([s for _, s in per]))
+    elif action_mode == "delta":
+        out["action"] = stats(np.concatenate([x for a in acts for x in a]), mirror)
+    else:                                            # every recorded action once
+        out["action"] = stats(np.concatenate(acts[0]), mirror)
+    if state:
+        out["state"] = stats(np.concatenate(states), mirror_state)
     return out
+
+
+def model_stats(dataset: EpisodeDataset, model_cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`normalization_stats` of what a model of ``model_cfg`` (a ModelConfig) normalises."""
+    return normalization_stats(dataset, action_mode=model_cfg.action_mode, horizon=model_cfg.horizon,
+                               space=model_cfg.action_space,
+                               per_step=model_cfg.action_norm == "per_step",
+                               state=model_cfg.state_norm)
 
 
 def apply_stats(model, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from grrl_tools.config_cli import add_arguments, from_args
-from grrl_trainer.data.batches import apply_stats, normalization_stats
+from grrl_trainer.data.batches import apply_stats, model_stats
 from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 from grrl_trainer.offline import run_utils
@@ -355,9 +355,7 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
         if device.type == "cuda" and len(state["rng"].get("cuda", [])):
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
     else:
-        apply_stats(model, normalization_stats(dataset, action_mode=model_cfg.action_mode,
-                                               horizon=model_cfg.horizon,
-                                               space=model_cfg.action_space))
+        apply_stats(model, model_stats(dataset, model_cfg))
         if cfg.ema:
             ema = {n: p.detach().clone() for n, p in zip(param_names, params)}
     elapsed = float(state["elapsed"]) if state is not None else 0.0

@@ -30,7 +30,7 @@ from grrl_critic.filtering import FilterConfig
 from grrl_critic.td3bc import CriticTrainer, DivergedError, TD3BCConfig
 from grrl_policy.checkpoint import CheckpointError
 from grrl_tools.config_cli import add_arguments, from_args
-from grrl_trainer.data.batches import normalization_stats
+from grrl_trainer.data.batches import model_stats
 from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 from grrl_trainer.offline.run_utils import (Cadence, RunLog, _atomic_torch_save, _graceful_sigint,
@@ -154,9 +154,7 @@ def _train_critic(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: 
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["rng"].cpu())
     else:
-        trainer.set_normalization(normalization_stats(dataset, action_mode=model_cfg.action_mode,
-                                                      horizon=model_cfg.horizon,
-                                                      space=model_cfg.action_space))
+        trainer.set_normalization(model_stats(dataset, model_cfg))
     extra = {"role": "critic", "kind": cfg.td3bc.kind, "progress_reduce": cfg.td3bc.progress_reduce,
              "progress_position": cfg.td3bc.progress_position, "gamma": cfg.td3bc.gamma,
              "data": str(data_dir), "config": cfg.to_dict()}
