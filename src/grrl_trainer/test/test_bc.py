@@ -203,6 +203,46 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(data: Path, tmp_path: Pa
     assert read_meta(run / "checkpoints" / "step_0000005").extra["step"] == 5
 
 
+@pytest.mark.parametrize("space", ["joint", "task"])
+def test_batches_from_memory_are_the_loader_batches(data: Path, tmp_path: Path, space: str):
+    """The 'arrays' data path draws exactly the samples the per-sample loader draws (same order,
+    same filter), and mirrors a sample as mirroring its recorded data would."""
+    from grrl_policy.sim_state_spec import mirror_state
+    from grrl_policy.task_space import mirror_task
+    from grrl_trainer.data.mirror import mirror_instruction, mirror_joints
+    from grrl_trainer.offline.run_utils import step_loader
+
+    ds = EpisodeDataset(data)
+    keep = {e: np.arange(T) % 3 != 1 for e, T in enumerate(LENGTHS)}
+    preset = "tiny-state-task" if space == "task" else "tiny-state"
+    c = cfg(preset=preset, successful_only=True)
+    model_cfg = c.model_config()
+    windows = bc.bc_windows(ds, c, "state", keep, space == "task")
+    loader = step_loader(windows, c.batch_size, c.seed, 0, 12, 0, model_cfg, torch.device("cpu"))
+    arrays = bc.array_batches(ds, c, model_cfg, keep, 0, 12)
+    n = 0
+    for want, got in zip(loader, arrays):
+        for key in ("proprio", "actions", "mask"):
+            torch.testing.assert_close(got[key], want[key])
+        torch.testing.assert_close(got["obs"]["state"], want["obs"]["state"])
+        assert got["obs"]["instruction"] == want["obs"]["instruction"]
+        n += 1
+    assert n == 12
+    flipped = bc.array_batches(ds, dataclasses.replace(c, mirror_prob=1.0), model_cfg, keep, 0, 1)
+    plain, mirrored = arrays.batch(0), flipped.batch(0)
+    mirror = mirror_task if space == "task" else mirror_joints
+    np.testing.assert_allclose(mirrored["actions"].numpy(), mirror(plain["actions"].numpy()))
+    np.testing.assert_allclose(mirrored["obs"]["state"].numpy(), mirror_state(plain["obs"]["state"].numpy()))
+    assert mirrored["obs"]["instruction"] == [mirror_instruction(t) for t in plain["obs"]["instruction"]]
+    half = bc.array_batches(ds, dataclasses.replace(c, mirror_prob=0.5), model_cfg, keep, 0, 12)
+    # about half the samples mirrored
+    rows = np.concatenate([(half.batch(s)["proprio"] != arrays.batch(s)["proprio"]).any(1).numpy()
+                           for s in range(12)])
+    assert 0.3 < rows.mean() < 0.7
+    with pytest.raises(ValueError, match="data_path"):
+        cfg(data_path="memory")
+
+
 def test_cli_filtered_mirror_with_a_loader_worker(data: Path, tmp_path: Path, capsys):
     keep = {e: np.arange(T) % 3 != 0 for e, T in enumerate(LENGTHS)}
     f = write_filter(tmp_path / "f.npz", keep)
@@ -211,7 +251,7 @@ def test_cli_filtered_mirror_with_a_loader_worker(data: Path, tmp_path: Path, ca
     assert exc.value.code == 0 and "--variant" in capsys.readouterr().out
     argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--variant", "filtered_mirror",
             "--filter", str(f), "--steps", "6", "--batch-size", "8", "--horizon", "4",
-            "--workers", "1", "--checkpoint-every", "3", "--log-every", "2", "--quiet",
+            "--workers", "1", "--data-path", "windows", "--checkpoint-every", "3", "--log-every", "2", "--quiet",
             "--model", json.dumps(SMALL)]
     assert bc.main(argv) == 0
     out = capsys.readouterr().out

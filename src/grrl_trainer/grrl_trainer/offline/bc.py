@@ -46,7 +46,8 @@ from grrl_trainer.data.batches import apply_stats, model_stats
 from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 from grrl_trainer.offline import run_utils
-from grrl_trainer.offline.run_utils import (Cadence, RunLog, _atomic_torch_save, _graceful_sigint,
+from grrl_trainer.data.arrays import EpisodeArrays
+from grrl_trainer.offline.run_utils import (ArrayBatches, Cadence, RunLog, _atomic_torch_save, _graceful_sigint,
                                             check_resumable, checkpoint_intact,
                                             dataset_fingerprint, step_loader, torch_threads)
 
@@ -99,8 +100,12 @@ class BCConfig:
     """steps between TensorBoard / loss.csv rows"""
     seed: int = 0
     """seeds the model's initialisation, the batch order, the mirror draws and the flow noise"""
+    data_path: str = "auto"
+    """'arrays': batches gathered from the dataset held in memory (vectorised, no loader
+    processes; state models only); 'windows': per-sample reads by loader workers; 'auto':
+    arrays for state models, windows for image models"""
     workers: int = 1
-    """DataLoader worker processes (0 = load in the training process)"""
+    """DataLoader worker processes of the 'windows' path (0 = load in the training process)"""
     device: str = "cpu"
     """torch device: 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int = 0
@@ -113,6 +118,8 @@ class BCConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.data_path not in ("auto", "arrays", "windows"):
+            raise ValueError(f"data_path must be 'auto', 'arrays' or 'windows', got {self.data_path!r}")
         if self.variant.startswith("filtered") and not self.filter:
             raise ValueError(f"variant {self.variant!r} needs a filter file (--filter F.npz)")
         if self.variant == "all" and self.filter:
@@ -229,13 +236,20 @@ def observation_mode(model_cfg) -> str:
     return model_cfg.observation_key
 
 
-def bc_windows(dataset: EpisodeDataset, cfg: BCConfig, observation: str,
-               keep: dict[int, np.ndarray] | None, task_space: bool = False) -> TransitionWindows:
-    """The BC samples: recorded trajectories (no hindsight ones), filtered by ``keep``."""
+def bc_keep(dataset: EpisodeDataset, cfg: BCConfig, keep: dict[int, np.ndarray] | None
+            ) -> dict[int, np.ndarray] | None:
+    """The filter ``keep`` restricted to successful episodes if ``cfg.successful_only``."""
     if cfg.successful_only:
         ok = {e: np.ones(int(m["n_steps"]), bool) for e, m in enumerate(dataset.episodes)
               if m["success"]}
         keep = ok if keep is None else {e: keep[e] & ok[e] for e in ok if e in keep}
+    return keep
+
+
+def bc_windows(dataset: EpisodeDataset, cfg: BCConfig, observation: str,
+               keep: dict[int, np.ndarray] | None, task_space: bool = False) -> TransitionWindows:
+    """The BC samples: recorded trajectories (no hindsight ones), filtered by ``keep``."""
+    keep = bc_keep(dataset, cfg, keep)
     wcfg = WindowConfig(horizon=cfg.horizon, images=observation == "images",
                         state=observation == "state", hindsight=False,
                         mirror_prob=cfg.effective_mirror_prob, seed=cfg.seed,
@@ -249,6 +263,20 @@ def _to(batch: dict[str, Any], device: torch.device) -> tuple[dict, torch.Tensor
            for k, v in batch["obs"].items()}
     return (obs, batch["proprio"].to(device, non_blocking=nb),
             batch["actions"].to(device, non_blocking=nb), batch["mask"].to(device, non_blocking=nb))
+
+
+def array_batches(dataset: EpisodeDataset, cfg: BCConfig, model_cfg, keep: dict[int, np.ndarray] | None,
+                  start: int, stop: int) -> ArrayBatches:
+    """The 'arrays' data path: the BC samples (as :func:`bc_windows`) held in memory."""
+    if not model_cfg.observes_state:
+        raise ValueError("data_path 'arrays' needs a state model (image models read 'windows')")
+    keep = bc_keep(dataset, cfg, keep)
+    episodes = [e for e in range(len(dataset.episodes)) if keep is None or keep.get(e, np.zeros(0)).any()]
+    arrays = EpisodeArrays.load(dataset, model_cfg.action_space, episodes)
+    rows = np.concatenate([s + (np.arange(n) if keep is None else np.flatnonzero(keep[e]))
+                           for e, s, n in zip(episodes, arrays.start, arrays.length)])
+    return ArrayBatches(arrays, rows, model_cfg.horizon, cfg.batch_size, cfg.seed, start, stop,
+                        model_cfg.action_space, cfg.effective_mirror_prob)
 
 
 # -- run directory ---------------------------------------------------------------------------
@@ -402,13 +430,18 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
         log.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=1) + "\n```", 0)
         log.writer.add_text("model", "```\n" + json.dumps(model_cfg.to_dict(), indent=1) + "\n```", 0)
 
-    loader = step_loader(windows, cfg.batch_size, cfg.seed, start, stop, cfg.workers, model_cfg,
-                         device)
+    arrays_path = cfg.data_path == "arrays" or (cfg.data_path == "auto" and observation == "state")
+    if arrays_path:
+        loader = array_batches(dataset, cfg, model_cfg, keep, start, stop)
+    else:
+        loader = step_loader(windows, cfg.batch_size, cfg.seed, start, stop, cfg.workers,
+                             model_cfg, device)
     LOG.info("BC %s on %s: %d samples (%.1f%% of %d recorded steps), mirror %.2f, %s model "
-             "(%.2fM policy parameters) on %s (%d threads, %d loader workers); %s at step %d of %d",
+             "(%.2fM policy parameters) on %s (%d threads, %s); %s at step %d of %d",
              cfg.variant, data_dir, len(windows), 100.0 * len(windows) / max(1, total_recorded),
              total_recorded, cfg.effective_mirror_prob, model_cfg.name,
-             sum(p.numel() for p in params) / 1e6, device, torch.get_num_threads(), cfg.workers,
+             sum(p.numel() for p in params) / 1e6, device, torch.get_num_threads(),
+             "batches from memory" if arrays_path else f"{cfg.workers} loader workers",
              "resuming" if start else "starting", start, cfg.steps)
 
     from tqdm import tqdm

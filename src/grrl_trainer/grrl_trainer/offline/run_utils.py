@@ -81,6 +81,55 @@ class EpochSamples(torch.utils.data.Dataset):
         return self.windows[index]
 
 
+class ArrayBatches:
+    """The batches of steps ``start`` .. ``stop - 1`` of a state model straight from in-memory
+    :class:`~grrl_trainer.data.arrays.EpisodeArrays` (no loader processes, no per-sample reads):
+    the same :class:`StepBatches` order over ``rows`` (the sample rows), each (sample, epoch)
+    mirrored with probability ``mirror_prob`` (a function of (seed, epoch, sample)). Yields the
+    BC part of :func:`~grrl_trainer.data.batches.collate`'s layout: obs (instruction, state),
+    proprio (B, P), actions (B, k, D), mask (B, k)."""
+
+    def __init__(self, arrays, rows: np.ndarray, horizon: int, batch_size: int, seed: int,
+                 start: int, stop: int, space: str, mirror_prob: float = 0.0):
+        self.arrays, self.rows, self.horizon = arrays, np.asarray(rows, np.int64), horizon
+        self.sampler = StepBatches(len(self.rows), batch_size, seed, start, stop)
+        self.seed, self.mirror_prob, self.space = seed, mirror_prob, space
+
+    def _mirrored(self, picks: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+        flip = np.zeros(len(picks), bool)
+        for epoch in np.unique(epochs):
+            draws = np.random.default_rng([self.seed, int(epoch), 13]).random(len(self.rows))
+            here = epochs == epoch
+            flip[here] = draws[picks[here]] < self.mirror_prob
+        return flip
+
+    def batch(self, step: int) -> dict[str, Any]:
+        from grrl_policy.keys import INSTRUCTION, STATE
+        from grrl_policy.sim_state_spec import mirror_state
+        from grrl_policy.task_space import mirror_task
+        from grrl_trainer.data.mirror import mirror_instruction, mirror_joints
+
+        picks, epochs = np.array(self.sampler.batch(step), np.int64).T
+        rows, a = self.rows[picks], self.arrays
+        actions, mask = a.chunks(rows, self.horizon)
+        state, proprio = a.state[rows], a.proprio[rows]
+        text = [a.instructions[e] for e in a.local(rows)]
+        if self.mirror_prob > 0:
+            flip = self._mirrored(picks, epochs)
+            mirror = mirror_task if self.space == "task" else mirror_joints
+            state, proprio = state.copy(), proprio.copy()
+            state[flip], proprio[flip] = mirror_state(state[flip]), mirror(proprio[flip])
+            actions[flip] = mirror(actions[flip])
+            text = [mirror_instruction(t) if f else t for t, f in zip(text, flip)]
+        return {"obs": {INSTRUCTION: text, STATE: torch.from_numpy(state)},
+                "proprio": torch.from_numpy(proprio), "actions": torch.from_numpy(actions),
+                "mask": torch.from_numpy(mask)}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for step in range(self.sampler.start, self.sampler.stop):
+            yield self.batch(step)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the trainer's to handle
