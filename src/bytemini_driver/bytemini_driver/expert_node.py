@@ -23,7 +23,7 @@ from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.node_main import run_node
+from grrl_tools.node_main import announce_ready, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
 
@@ -66,6 +66,7 @@ class ExpertNode(Node):
             depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
             reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
+        self.ready_pub = announce_ready(self)
 
     def on_task(self, msg: TaskState) -> None:
         self.task = msg

@@ -49,7 +49,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.image_codec import ImageError, decode_raw
-from grrl_tools.node_main import run_node
+from grrl_tools.node_main import announce_ready, run_node
 
 from .checkpoint import CheckpointError
 from .controller import (Command, ControllerConfig, HoldError, Inference, Observation,
@@ -172,6 +172,8 @@ class PolicyNode(Node):
             f"steer={c.steer}{f' (exploration std {c.explore_std})' if c.steer else ''}, "
             f"k={mcfg.horizon}, m={c.execute_steps}, dt={self.dt})")
         self._say_steering()
+        self.policy.warm_up()
+        self.ready_pub = announce_ready(self)
 
     # ---------------------------------------------------------------- inputs
     def on_image(self, cam: str, msg: Image) -> None:

@@ -144,6 +144,19 @@ class Policy:
         log.info("policy version %d installed (%s)", meta.version, meta.sha256[:12])
         return meta
 
+    def warm_up(self) -> None:
+        """One inference on zero inputs (explicit zero noise: no random draw is used up). It
+        loads what the model loads lazily (the text encoder) and runs every kernel once, so a
+        controller that reports ready after it acts at full speed from its first chunk."""
+        cfg = self.config
+        size = cfg.image_size
+        images = None if cfg.observes_state else {
+            c: np.zeros((size, size, 3), np.uint8) for c in CAMERAS}
+        state = np.zeros(cfg.tiny.state_dim, np.float32) if cfg.observes_state else None
+        obs, proprio = build_observation(cfg, "warm up", np.zeros(cfg.proprio_dim, np.float32),
+                                         images, state=state)
+        self.infer(obs, proprio, noise=np.zeros((cfg.horizon, cfg.action_dim), np.float32))
+
     @torch.no_grad()
     def infer(self, obs: dict, proprio: torch.Tensor, steer: bool = False,
               noise: np.ndarray | None = None, steps: int | None = None,

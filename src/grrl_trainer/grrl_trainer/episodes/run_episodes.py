@@ -18,6 +18,8 @@ from rclpy.node import Node
 
 from grrl_interfaces.action import RunEpisode
 from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
+from grrl_tools.node_main import READY_QOS, READY_TOPIC
+from std_msgs.msg import String
 
 
 @dataclass
@@ -33,6 +35,9 @@ class RunEpisodesConfig:
     """run the mirrored scenes"""
     server_timeout: float = 60.0
     """wall seconds to wait for the episode node's action server"""
+    controller_timeout: float = 300.0
+    """wall seconds to wait for a controller to announce on grrl/controller_ready that it can
+    act, before the first episode (0: do not wait)"""
 
 
 class EpisodeRunner(Node):
@@ -41,6 +46,9 @@ class EpisodeRunner(Node):
         declare_parameters(self, RunEpisodesConfig())
         self.overrides = overrides or {}
         self.client = ActionClient(self, RunEpisode, "grrl/run_episode")
+        self.ready: list[str] = []
+        self.create_subscription(String, READY_TOPIC, lambda m: self.ready.append(m.data),
+                                 READY_QOS)
 
     def param(self, name: str):
         if name in self.overrides:
@@ -60,6 +68,17 @@ class EpisodeRunner(Node):
         if not self.client.wait_for_server(timeout_sec=float(self.param("server_timeout"))):
             log.error("no RunEpisode action server (is the episode node running?)")
             return 2
+        wait = float(self.param("controller_timeout"))
+        if wait > 0:
+            deadline = time.monotonic() + wait
+            while rclpy.ok() and not self.ready and time.monotonic() < deadline:
+                rclpy.spin_once(self, timeout_sec=0.1)
+            if not self.ready:
+                log.error(f"no controller announced on {self.resolve_topic_name(READY_TOPIC)} "
+                          f"that it can act within {wait:.0f} s (a controller publishes its "
+                          "name there once loaded; controller_timeout:=0 does not wait)")
+                return 2
+            log.info(f"controller ready: {', '.join(sorted(set(self.ready)))}")
         n, seed0 = int(self.param("episodes")), int(self.param("seed"))
         successes, failures = 0, 0
         for i in range(n):
