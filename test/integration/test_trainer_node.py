@@ -122,8 +122,12 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
 
     # round 1: two episodes of the offline checkpoint (version 1) -> version 2
     first = [run_episode(ros_node, client, seed, EPISODE_S) for seed in (20000, 20001)]
-    wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 2
-                           for s in list(status)), 90, "version 2 loaded by the policy node")
+    try:
+        wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 2
+                               for s in list(status)), 90, "version 2 loaded by the policy node")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\ntrainer:\n{trainer.output[-3000:]}\npolicy:\n"
+                             f"{policy_node.output[-2000:]}") from None
     ann = [a for a in list(announced) if a.status == CheckpointInfo.STATUS_ANNOUNCED]
     assert [a.version for a in ann] == [2] and ann[0].path == str(run / "checkpoints" / "v0002")
     said(trainer, "LOADED checkpoint version 2")

@@ -164,6 +164,7 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
         self.create_subscription(EpisodeEvent, "grrl/episode", self.on_event, LATCHED)
         self.create_subscription(CheckpointInfo, "grrl/checkpoint", self.on_checkpoint, LATCHED)
+        self.policy.warm_up()
         c = cfg.controller
         self.get_logger().info(
             f"policy {mcfg.name} version {self.policy.version} ready "
@@ -172,7 +173,6 @@ class PolicyNode(Node):
             f"steer={c.steer}{f' (exploration std {c.explore_std})' if c.steer else ''}, "
             f"k={mcfg.horizon}, m={c.execute_steps}, dt={self.dt})")
         self._say_steering()
-        self.policy.warm_up()
         self.ready_pub = announce_ready(self)
 
     # ---------------------------------------------------------------- inputs

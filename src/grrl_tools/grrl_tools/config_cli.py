@@ -186,6 +186,25 @@ def declare_parameters(node, config: Any, flatten: tuple[str, ...] = (),
                                ParameterDescriptor(description=doc, dynamic_typing=dynamic))
 
 
+def _parameter_value(value: Any, typ: Any, default: Any) -> Any:
+    """A parameter's value as the field's type; TypeError/ValueError if it is not one."""
+    if default is None and isinstance(value, str):      # optional fields are declared as JSON
+        value = json.loads(value)
+        if value is None:
+            return None
+    if typ is bool and not isinstance(value, bool):
+        raise TypeError
+    if typ in NUMBER_TYPES:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        if typ is int and float(value) != int(value):
+            raise TypeError
+        return typ(value)
+    if typ is dict and isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
 def from_parameters(node, config: Any, flatten: tuple[str, ...] = (),
                     skip: tuple[str, ...] = ()) -> Any:
     """``config`` with every field read back from the node's parameters (after
@@ -195,18 +214,8 @@ def from_parameters(node, config: Any, flatten: tuple[str, ...] = (),
         name = parameter_name(path, flatten)
         value = node.get_parameter(name).value
         try:
-            if typ is bool and not isinstance(value, bool):
-                raise TypeError
-            if typ in NUMBER_TYPES:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError
-                if typ is int and float(value) != int(value):
-                    raise TypeError
-                value = typ(value)
-            elif typ is dict or default is None and isinstance(value, str):
-                value = json.loads(value) if isinstance(value, str) else value
+            values[path] = _parameter_value(value, typ, default)
         except (TypeError, ValueError):
             raise ValueError(f"parameter {name} must be {getattr(typ, '__name__', typ)}, got "
                              f"{value!r}") from None
-        values[path] = value
     return _rebuild(config, values, ())
