@@ -27,6 +27,7 @@ setup(
     entry_points={
         'grrl.benchmarks': [
             'data = grrl_trainer.bench.data:main',
+            'bc = grrl_trainer.bench.bc:main',
             'critic = grrl_trainer.bench.critic:main',
             'online = grrl_trainer.bench.online:main',
         ],

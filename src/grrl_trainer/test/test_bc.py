@@ -262,3 +262,11 @@ def test_cli_filtered_mirror_with_a_loader_worker(data: Path, tmp_path: Path, ca
     assert BCConfig(**meta.extra["config"]).effective_mirror_prob == 0.5
     assert (tmp_path / "run" / "loss.png").exists()
     assert bc.main(argv[:-2]) == 2                 # another model: refused, not resumed
+
+
+def test_bc_benchmark_measures_both_data_paths(data: Path, tmp_path: Path):
+    from grrl_trainer.bench.bc import NARROW, bc_rate
+
+    rates = [bc_rate(data, tmp_path / path, path, {**NARROW, "horizon": 4}, 10, 8, 1)
+             for path in ("windows", "arrays")]
+    assert all(r > 0 for r in rates), rates
