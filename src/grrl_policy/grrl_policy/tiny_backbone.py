@@ -45,6 +45,10 @@ class TinyBackboneConfig:
     """simulator state size for observation='state'"""
     state_tokens: int = 4
     """tokens the state vector is projected into"""
+    text_pool: bool = False
+    """pool the instruction into one token (its masked mean) instead of one token per word
+    piece: a 4x shorter prefix for state models (the instruction only names the lace end and
+    the eyelet), at the price of word order"""
 
 
 class ImageEncoder(nn.Module):
@@ -109,6 +113,10 @@ class TinyBackbone(Backbone):
         device = self.text_proj.weight.device
         instructions = obs[INSTRUCTION]
         text, text_mask = self.text(list(instructions), device)
+        if self.cfg.text_pool:
+            w = text_mask.unsqueeze(-1).to(text.dtype)
+            text = (text * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+            text_mask = text_mask.any(1, keepdim=True)
         text = self.text_proj(text) + self.text_type
         other = self._observation_tokens(obs, device)
         if len(instructions) != other.shape[0]:

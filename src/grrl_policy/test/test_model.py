@@ -190,3 +190,16 @@ def test_delta_action_mode_round_trips_and_learns_relative_targets():
         GRRLModel(small_config(action_mode="relative"))
     with pytest.raises(ValueError, match="action_dim == proprio_dim"):
         GRRLModel(small_config(action_mode="delta", proprio_dim=3))
+
+
+def test_pooled_instruction_is_one_token_that_tells_instructions_apart():
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = GRRLModel(dataclasses.replace(cfg, tiny=dataclasses.replace(cfg.tiny, text_pool=True)))
+    obs = {"instruction": ["lace the left end", "lace the right end into the second eyelet"],
+           "state": torch.zeros(2, 3)}
+    prefix = model.encode(obs)
+    assert prefix.mask.shape == (2, 1 + cfg.tiny.state_tokens) and prefix.mask.all()
+    assert not torch.allclose(prefix.keys[-1][0], prefix.keys[-1][1])
+    full = GRRLModel(cfg).encode(obs)
+    assert full.mask.shape[1] > prefix.mask.shape[1]
