@@ -33,6 +33,8 @@ class ExpertConfig:
     """query heads (keys/values use the backbone's kv heads and head_dim)"""
     mlp_ratio: float = 4.0
     """MLP hidden size over width"""
+    dropout: float = 0.0
+    """dropout on the blocks' residual branches during training (a regulariser of BC)"""
 
 
 class Expert(nn.Module):
@@ -52,7 +54,8 @@ class Expert(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) \
             if time_conditioned else None
         self.blocks = nn.ModuleList(Block(w, cfg.heads, n_kv_heads, head_dim, cfg.mlp_ratio,
-                                          cond_dim=w if time_conditioned else None)
+                                          cond_dim=w if time_conditioned else None,
+                                          dropout=cfg.dropout)
                                     for _ in range(n_layers))
         self.norm = nn.LayerNorm(w)
         self.head = nn.Linear(w, out_dim)

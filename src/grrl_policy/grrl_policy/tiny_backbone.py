@@ -45,6 +45,8 @@ class TinyBackboneConfig:
     """simulator state size for observation='state'"""
     state_tokens: int = 4
     """tokens the state vector is projected into"""
+    dropout: float = 0.0
+    """dropout on the blocks' residual branches during training (a regulariser of BC)"""
     text_pool: bool = False
     """pool the instruction into one token (its masked mean) instead of one token per word
     piece: a 4x shorter prefix for state models (the instruction only names the lace end and
@@ -89,7 +91,8 @@ class TinyBackbone(Backbone):
         else:
             self.state_proj = nn.Linear(cfg.state_dim, cfg.state_tokens * cfg.width)
             self.state_pos = nn.Parameter(torch.randn(1, cfg.state_tokens, cfg.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.kv_heads, cfg.head_dim)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.kv_heads, cfg.head_dim,
+                                          dropout=cfg.dropout)
                                     for _ in range(cfg.layers))
 
     def _observation_tokens(self, obs: dict, device: torch.device) -> torch.Tensor:

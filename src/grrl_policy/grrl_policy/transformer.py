@@ -19,7 +19,7 @@ class Block(nn.Module):
     """Pre-norm attention + MLP block with grouped-query attention and optional adaLN."""
 
     def __init__(self, width: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 mlp_ratio: float = 4.0, cond_dim: int | None = None):
+                 mlp_ratio: float = 4.0, cond_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
@@ -33,6 +33,8 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, width))
+        # on the residual branches (attention output, MLP output); identity in eval()
+        self.drop = nn.Dropout(dropout)
         self.ada = None
         if cond_dim is not None:
             # adaLN-zero: the block starts as the identity, as in DiT
@@ -67,12 +69,12 @@ class Block(nn.Module):
             values = torch.cat([ext_v.to(v.dtype), v], dim=2)
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None],
                                            enable_gqa=self.n_heads != self.n_kv_heads)
-        a = self.out(a.transpose(1, 2).reshape(B, L, -1))
+        a = self.drop(self.out(a.transpose(1, 2).reshape(B, L, -1)))
         x = x + (gate1 * a if self.ada is not None else a)
         h = self.norm2(x)
         if self.ada is not None:
             h = h * (1 + scale2) + shift2
-        m = self.mlp(h)
+        m = self.drop(self.mlp(h))
         x = x + (gate2 * m if self.ada is not None else m)
         return x, k, v
 

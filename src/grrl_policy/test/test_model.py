@@ -203,3 +203,21 @@ def test_pooled_instruction_is_one_token_that_tells_instructions_apart():
     assert not torch.allclose(prefix.keys[-1][0], prefix.keys[-1][1])
     full = GRRLModel(cfg).encode(obs)
     assert full.mask.shape[1] > prefix.mask.shape[1]
+
+
+def test_dropout_acts_in_training_only():
+    cfg = small_config()
+    cfg = dataclasses.replace(cfg, tiny=dataclasses.replace(cfg.tiny, dropout=0.5),
+                              expert=dataclasses.replace(cfg.expert, dropout=0.5))
+    torch.manual_seed(0)
+    model = GRRLModel(cfg)
+    with torch.no_grad():                  # (adaLN-zero blocks start as the identity)
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    proprio, noise = torch.zeros(1, 2), torch.randn(1, 4, 2)
+    model.train()
+    a = [model.sample_normalized(model.encode(state_obs(1)), proprio, noise) for _ in range(2)]
+    assert not torch.allclose(a[0], a[1])
+    model.eval()
+    b = [model.sample_normalized(model.encode(state_obs(1)), proprio, noise) for _ in range(2)]
+    torch.testing.assert_close(b[0], b[1])
