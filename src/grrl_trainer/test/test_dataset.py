@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grrl_trainer import keys
-from grrl_trainer.data.collect import CollectConfig, collect
+from grrl_trainer.data.collect import GRIPPERS as GRIPPER_COLUMNS, CollectConfig, collect
 from grrl_trainer.data.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
                                   read_meta, write_episode)
 from grrl_trainer.data.mirror import mirror_sample
@@ -216,3 +216,31 @@ def test_task_space_windows_collate_and_statistics(tiny: Path):
         d = np.concatenate([d, mirror_task(d)])
         np.testing.assert_allclose(mean[i], d.mean(0), atol=1e-5)
         np.testing.assert_allclose(std[i], d.std(0), rtol=1e-4, atol=1e-6)
+
+
+def test_execution_noise_perturbs_the_states_not_the_labels(tmp_path: Path):
+    """DART collection: the robot executes the demonstrator's targets plus a smooth offset, the
+    dataset records the demonstrator's targets; a dataset collected before the option existed
+    can still be resumed."""
+    import json
+
+    from grrl_trainer.data.collect import Collector
+
+    base = CollectConfig(images=False, clean=True, time_limit=2.0)
+    plain = Collector(base).episode(3)
+    noisy_cfg = CollectConfig(images=False, clean=True, time_limit=2.0, execution_noise_std=0.01)
+    noisy = Collector(noisy_cfg).episode(3)
+    moved = np.abs(noisy.joints - plain.joints).max(axis=0)
+    assert moved.max() > 2e-3                                   # the states are perturbed
+    assert moved[GRIPPER_COLUMNS].max() < 1e-3                  # the grippers are not (~0)
+    # the labels are the demonstrator's commands for the states it saw: recorded targets are
+    # smooth (no white noise), and they pull back towards the noise-free path
+    assert np.abs(np.diff(noisy.action_joints, 2, axis=0)).max() < 0.05
+    with pytest.raises(ValueError, match="execution_noise_std"):
+        CollectConfig(execution_noise_std=-1.0)
+    collect(tmp_path, base, [0], workers=1, progress=False)
+    info = json.loads((tmp_path / "info.json").read_text())
+    for key in ("execution_noise_std", "execution_noise_tau"):
+        del info["collection"][key]                             # as written before the option
+    (tmp_path / "info.json").write_text(json.dumps(info))
+    assert collect(tmp_path, base, [0], workers=1, progress=False) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,17 @@ class CollectConfig:
     """the clean scripted expert instead of the flawed demonstrator"""
     demo: DemoConfig = field(default_factory=DemoConfig)
     """the demonstrator's flaws and their rates"""
+    execution_noise_std: float = 0.0
+    """std (rad) of a smooth random offset added to the arm joint targets the robot executes
+    but not to the recorded actions (DART: the demonstrations visit the states an imprecise
+    policy reaches, labelled with how the demonstrator acts there); 0 = off"""
+    execution_noise_tau: float = 0.3
+    """correlation time (s) of that offset (an Ornstein-Uhlenbeck process)"""
+
+    def __post_init__(self) -> None:
+        if self.execution_noise_std < 0 or self.execution_noise_tau <= 0:
+            raise ValueError(f"execution_noise_std >= 0 and execution_noise_tau > 0 are needed, "
+                             f"got {self.execution_noise_std}, {self.execution_noise_tau}")
 
 
 def quat_wxyz(R: np.ndarray) -> np.ndarray:
@@ -90,6 +102,9 @@ class Collector:
         targets: list[np.ndarray] = []
         state = sim.update_task()
         k = 0
+        noise_rng = np.random.default_rng([seed, 11])
+        offset = np.zeros(len(sim.joint_positions()))
+        decay = dt / cfg.execution_noise_tau
         try:
             while sim.data.time < cfg.time_limit:
                 if k % dec == 0:
@@ -102,7 +117,11 @@ class Collector:
                     for cam in images:
                         images[cam].append(sim.render(cam))
                 target = demo.act(sim.lace_points(), sim.joint_positions())
-                sim.set_joint_targets(target)
+                if cfg.execution_noise_std > 0:
+                    offset += -decay * offset + cfg.execution_noise_std * math.sqrt(2 * decay) \
+                        * noise_rng.normal(size=offset.shape)
+                    offset[GRIPPERS] = 0.0
+                sim.set_joint_targets(target + offset)
                 sim.step(n_sub)
                 state = sim.update_task()
                 if (k + 1) % dec == 0 or state.success or state.jammed or demo.done:
@@ -160,7 +179,9 @@ def write_info(root: Path, config: CollectConfig) -> None:
             "collection": json.loads(json.dumps(asdict(config)))}  # as it reads back
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        if old.get("collection") != info["collection"]:
+        # a field the dataset's info lacks was added later: the dataset had its default
+        defaults = json.loads(json.dumps(asdict(CollectConfig())))
+        if {**defaults, **old.get("collection", {})} != info["collection"]:
             raise DatasetError(f"{root} was collected with other settings; use a new "
                                f"directory (have {old.get('collection')})")
     root.mkdir(parents=True, exist_ok=True)
