@@ -47,8 +47,8 @@ from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 from grrl_trainer.offline import run_utils
 from grrl_trainer.data.arrays import EpisodeArrays
-from grrl_trainer.offline.run_utils import (ArrayBatches, Cadence, RunLog, _atomic_torch_save, _graceful_sigint,
-                                            check_resumable, checkpoint_intact,
+from grrl_trainer.offline.run_utils import (ArrayBatches, Cadence, RunLog, _atomic_torch_save,
+                                            _graceful_sigint, check_resumable, checkpoint_intact,
                                             dataset_fingerprint, step_loader, torch_threads)
 
 LOG = logging.getLogger("grrl-train-bc")
@@ -145,6 +145,10 @@ class BCConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def batches_from_memory(self, model_cfg) -> bool:
+        """Whether this run takes the 'arrays' data path for a model of ``model_cfg``."""
+        return self.data_path == "arrays" or (self.data_path == "auto" and model_cfg.observes_state)
 
     def model_config(self):
         """The GR-RL ModelConfig: the preset, the ``model`` overrides and the horizon."""
@@ -271,7 +275,8 @@ def array_batches(dataset: EpisodeDataset, cfg: BCConfig, model_cfg, keep: dict[
     if not model_cfg.observes_state:
         raise ValueError("data_path 'arrays' needs a state model (image models read 'windows')")
     keep = bc_keep(dataset, cfg, keep)
-    episodes = [e for e in range(len(dataset.episodes)) if keep is None or keep.get(e, np.zeros(0)).any()]
+    episodes = [e for e in range(len(dataset.episodes))
+                if keep is None or keep.get(e, np.zeros(0)).any()]
     arrays = EpisodeArrays.load(dataset, model_cfg.action_space, episodes)
     rows = np.concatenate([s + (np.arange(n) if keep is None else np.flatnonzero(keep[e]))
                            for e, s, n in zip(episodes, arrays.start, arrays.length)])
@@ -308,7 +313,9 @@ def train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCon
 
     Everything that can be wrong with the inputs (dataset, filter, config, an existing run of
     another configuration) raises ValueError / DatasetError before anything is written."""
-    with torch_threads(cfg.threads, cfg.workers):
+    # batches from memory need no loader processes: every core trains
+    loaders = 0 if cfg.batches_from_memory(cfg.model_config()) else cfg.workers
+    with torch_threads(cfg.threads, loaders):
         return _train_bc(data_dir, run_dir, cfg, progress, stop_after)
 
 
@@ -430,7 +437,7 @@ def _train_bc(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: BCCo
         log.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=1) + "\n```", 0)
         log.writer.add_text("model", "```\n" + json.dumps(model_cfg.to_dict(), indent=1) + "\n```", 0)
 
-    arrays_path = cfg.data_path == "arrays" or (cfg.data_path == "auto" and observation == "state")
+    arrays_path = cfg.batches_from_memory(model_cfg)
     if arrays_path:
         loader = array_batches(dataset, cfg, model_cfg, keep, start, stop)
     else:
