@@ -1,7 +1,8 @@
 """``grrl-bench bc``: behaviour-cloning throughput (samples/s) of the state model, side by side
 in one run: the per-sample loader ('windows', one loader worker) against batches gathered in
-memory ('arrays'), for the reproduction's model and for a narrower one. Both data paths train
-on the same samples in the same order; only the time differs."""
+memory ('arrays'), for the reproduction's model, a narrower one and the narrower one with a
+pooled instruction token. Both data paths train on the same samples in the same order; only
+the time differs."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,9 @@ from grrl_trainer.offline.bc import BCConfig, read_loss_csv, train_bc
 NARROW = {"tiny": {"width": 64, "heads": 4, "head_dim": 16},
           "expert": {"width": 64, "heads": 4, "mlp_ratio": 4.0}}
 """the narrower model of the comparison (width 64 instead of 128)"""
+POOLED = {"tiny": {**NARROW["tiny"], "text_pool": True}, "expert": NARROW["expert"]}
+"""the narrower model with the instruction pooled into one token (a 5-token prefix)"""
+MODELS = {"width128": {}, "width64": NARROW, "width64-pooled": POOLED}
 
 
 def bc_rate(data: Path, run: Path, data_path: str, model: dict, steps: int, batch_size: int,
@@ -44,16 +48,17 @@ def main(argv: list[str] | None = None) -> int:
             collect(data, CollectConfig(images=False, clean=True), list(range(args.episodes)),
                     workers=1, progress=False)
         out = {}
-        for name, model in (("width128", {}), ("width64", NARROW)):
+        for name, model in MODELS.items():
             for path in ("windows", "arrays"):
                 out[f"{name}/{path}"] = bc_rate(data, Path(tmp) / f"{name}-{path}", path, model,
                                                 args.steps, args.batch_size, args.threads)
-    for name in ("width128", "width64"):
+    for name in MODELS:
         w, a = out[f"{name}/windows"], out[f"{name}/arrays"]
         print(f"BC tiny-state-task {name}, batch {args.batch_size}: {w:.0f} samples/s with the "
               f"loader, {a:.0f} from memory (x{a / w:.2f})")
-    print(f"narrower model, from memory: x{out['width64/arrays'] / out['width128/windows']:.2f} "
-          "of today's loop")
+    for name in list(MODELS)[1:]:
+        print(f"{name}, from memory: x{out[f'{name}/arrays'] / out['width128/windows']:.2f} of "
+              "today's loop (width128 with the loader)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
