@@ -48,13 +48,30 @@ def said(proc, text: str, timeout: float = 60.0) -> str:
                                    None), timeout, f"{proc.cmd[0]} to log '{text}'")
 
 
+ROUND_S = 300.0
+"""upper bound on a round trip (episode ends -> update -> announce -> policy loads): it takes
+~10 s on an idle 2-core machine and over 90 s with four other jobs on its cores"""
+
+
+def loaded(status, version: int, *procs) -> None:
+    """Wait until the policy node reports ``version`` LOADED; on a timeout, show the logs."""
+    from grrl_interfaces.msg import CheckpointInfo
+    try:
+        wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == version
+                               for s in list(status)), ROUND_S,
+                   f"version {version} loaded by the policy node")
+    except TimeoutError as e:
+        logs = "\n".join(f"{p.cmd[0]}:\n{p.output[-2500:]}" for p in procs)
+        raise AssertionError(f"{e}\n{logs}") from None
+
+
 def run_episode(ros_node, client, seed: int, time_limit: float):
     from grrl_interfaces.action import RunEpisode
     future = client.send_goal_async(RunEpisode.Goal(seed=seed, time_limit=time_limit))
     handle = wait_until(lambda: future.done() and future.result(), 30, "goal response")
     assert handle.accepted
     result = handle.get_result_async()
-    wait_until(result.done, 60, f"the result of episode seed {seed}")
+    wait_until(result.done, ROUND_S, f"the result of episode seed {seed}")
     return result.result().result
 
 
@@ -122,19 +139,13 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
 
     # round 1: two episodes of the offline checkpoint (version 1) -> version 2
     first = [run_episode(ros_node, client, seed, EPISODE_S) for seed in (20000, 20001)]
-    try:
-        wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 2
-                               for s in list(status)), 90, "version 2 loaded by the policy node")
-    except TimeoutError as e:
-        raise AssertionError(f"{e}\ntrainer:\n{trainer.output[-3000:]}\npolicy:\n"
-                             f"{policy_node.output[-2000:]}") from None
+    loaded(status, 2, trainer, policy_node)
     ann = [a for a in list(announced) if a.status == CheckpointInfo.STATUS_ANNOUNCED]
     assert [a.version for a in ann] == [2] and ann[0].path == str(run / "checkpoints" / "v0002")
     said(trainer, "LOADED checkpoint version 2")
     # round 2: the next episodes are acted by version 2 -> version 3
     second = [run_episode(ros_node, client, seed, EPISODE_S) for seed in (20002, 20003)]
-    wait_until(lambda: any(s.status == CheckpointInfo.STATUS_LOADED and s.version == 3
-                           for s in list(status)), 90, "version 3 loaded by the policy node")
+    loaded(status, 3, trainer, policy_node)
     by_episode = {}
     for c in list(chunks):
         by_episode.setdefault(c.episode_id, set()).add(c.policy_version)
