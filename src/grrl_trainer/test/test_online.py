@@ -58,6 +58,37 @@ def test_warm_up_rounds_versions_and_rerun(policy, tmp_path):
         torch.set_num_threads(threads)
 
 
+def test_resume_a_round_stored_but_not_trained(policy, tmp_path, monkeypatch):
+    """Stopped after a round's episodes were stored and before its update (the moment a random
+    kill once hit): the rerun trains that round and goes on, storing nothing twice."""
+    from grrl_trainer.online import trainer as trainer_mod
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    real = trainer_mod.OnlineTrainer.run_due
+
+    def stop_before_the_first_round(self, force=False):
+        if self.st["warmup_done"] and len(self.st["pending"]) == 2:
+            raise KeyboardInterrupt
+        return real(self, force)
+    try:
+        cfg = OnlineConfig(episodes_per_round=2, updates_per_round=1, warmup_episodes=1,
+                           warmup_updates=1, batch_size=8, steering=SteeringConfig())
+        rollout = RolloutConfig(episodes=4, workers=1, time_limit=2.0)
+        run = tmp_path / "online"
+        monkeypatch.setattr(trainer_mod.OnlineTrainer, "run_due", stop_before_the_first_round)
+        with pytest.raises(KeyboardInterrupt):
+            run_online(policy, run, cfg, rollout, progress=False)
+        monkeypatch.setattr(trainer_mod.OnlineTrainer, "run_due", real)
+        res = run_online(policy, run, cfg, rollout, progress=False)
+        assert res["episodes"] == 4 and res["version"] == 4
+        rows = list(csv.DictReader(open(run / "online.csv")))
+        assert [(int(r["seed"]), int(r["version"])) for r in rows] == \
+            [(20000, 2), (20001, 2), (20002, 3), (20003, 3)]
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume(policy, tmp_path):
     """SIGKILL the online trainer while it works, run it again to the end: every online

@@ -187,11 +187,12 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
                     rollout.episodes - len(trainer.st["log"]))
             seeds = [rollout.first_seed + len(trainer.st["log"]) + i for i in range(n)]
             before = len(trainer.st["log"])
-            add(_episodes(trainer.st["checkpoint"], seeds, rollout, cfg.seed, True,
-                          trainer.run_dir, progress), trainer.version, warm=False)
-            if len(trainer.st["log"]) == before:
-                raise RuntimeError(f"no usable episode in a round of {n} (seeds {seeds}): the "
-                                   "policy fails before its first decision")
+            if n > 0:          # (n = 0: a resumed run whose round was complete but not trained)
+                add(_episodes(trainer.st["checkpoint"], seeds, rollout, cfg.seed, True,
+                              trainer.run_dir, progress), trainer.version, warm=False)
+                if len(trainer.st["log"]) == before:
+                    raise RuntimeError(f"no usable episode in a round of {n} (seeds {seeds}): "
+                                       "the policy fails before its first decision")
             trainer.run_due(force=True)
             recent = trainer.st["log"][before:]
             LOG.info("version %d: %d online episodes, success %d/%d this round, moving avg (%d) "
