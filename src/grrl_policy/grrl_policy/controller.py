@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .chunk_executor import ChunkExecutor, ChunkExecutorError, ExecutorConfig, Plan, joint_limits
 from .policy_runtime import Chunk, ObservationError, Policy, PolicyOutputError, build_observation
@@ -177,13 +178,19 @@ class PolicyController:
         """A re-plan is due at robot time ``t`` (receding horizon)."""
         return t >= self.next_plan - 1e-9
 
+    def _model_input(self, obs: Observation) -> tuple[dict, torch.Tensor, np.ndarray]:
+        """The model's batched input (B = 1), its proprioception tensor and the proprioception
+        (proprio_dim,) of ``obs``; raises ObservationError."""
+        proprio = np.asarray(self.codec.proprio(obs.q), np.float32)
+        model_obs, proprio_t = build_observation(self.policy.config, obs.instruction, proprio,
+                                                 obs.images, state=obs.state)
+        return model_obs, proprio_t, proprio
+
     def observation_input(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
         """The model's observation (state (state_dim,) or images (cameras, S, S, 3)) and
         proprioception (proprio_dim,) of ``obs``, as online RL stores them; raises HoldError."""
-        proprio = np.asarray(self.codec.proprio(obs.q), np.float32)
         try:
-            model_obs, _ = build_observation(self.policy.config, obs.instruction, proprio,
-                                             obs.images, state=obs.state)
+            model_obs, _, proprio = self._model_input(obs)
         except ObservationError as e:
             raise HoldError("policy", str(e)) from e
         return model_obs[self.policy.config.observation_key][0].numpy(), proprio
@@ -194,9 +201,7 @@ class PolicyController:
             raise HoldError("policy", "; ".join(obs.errors))
         mcfg = self.policy.config
         try:
-            proprio = np.asarray(self.codec.proprio(obs.q), np.float32)
-            model_obs, proprio_t = build_observation(mcfg, obs.instruction, proprio, obs.images,
-                                                     state=obs.state)
+            model_obs, proprio_t, proprio = self._model_input(obs)
             draw = self.rng.standard_normal((mcfg.horizon, mcfg.action_dim)).astype(np.float32)
             steer = self.steering
             chunk = self.policy.infer(

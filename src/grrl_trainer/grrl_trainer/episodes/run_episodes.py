@@ -7,6 +7,7 @@ required process of ``launch/sim.launch.xml``: the launch ends when it is done. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -44,16 +45,16 @@ class EpisodeRunner(Node):
     def __init__(self, overrides: dict | None = None) -> None:
         super().__init__("run_episodes")
         declare_parameters(self, RunEpisodesConfig())
-        self.overrides = overrides or {}
+        self.cfg = dataclasses.replace(from_parameters(self, RunEpisodesConfig()),
+                                       **(overrides or {}))
         self.client = ActionClient(self, RunEpisode, "grrl/run_episode")
         self.ready: list[str] = []
         self.create_subscription(String, READY_TOPIC, lambda m: self.ready.append(m.data),
                                  READY_QOS)
 
     def param(self, name: str):
-        if name in self.overrides:
-            return self.overrides[name]
-        return getattr(from_parameters(self, RunEpisodesConfig()), name)
+        """The flag given for ``name``, else its node parameter (read and checked once)."""
+        return getattr(self.cfg, name)
 
     def _wait(self, future, what: str, timeout: float | None = None):
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -94,11 +94,17 @@ class ArrayBatches:
         self.arrays, self.rows, self.horizon = arrays, np.asarray(rows, np.int64), horizon
         self.sampler = StepBatches(len(self.rows), batch_size, seed, start, stop)
         self.seed, self.mirror_prob, self.space = seed, mirror_prob, space
+        self._draws: dict[int, np.ndarray] = {}
 
     def _mirrored(self, picks: np.ndarray, epochs: np.ndarray) -> np.ndarray:
         flip = np.zeros(len(picks), bool)
-        for epoch in np.unique(epochs):
-            draws = np.random.default_rng([self.seed, int(epoch), 13]).random(len(self.rows))
+        for epoch in np.unique(epochs).tolist():
+            draws = self._draws.get(epoch)
+            if draws is None:                 # one epoch's draws, kept while batches use them
+                if len(self._draws) >= 2:
+                    self._draws.pop(min(self._draws))
+                draws = self._draws[epoch] = np.random.default_rng(
+                    [self.seed, epoch, 13]).random(len(self.rows))
             here = epochs == epoch
             flip[here] = draws[picks[here]] < self.mirror_prob
         return flip
