@@ -143,6 +143,33 @@ def test_physics_fault_resets_the_scene_without_crashing(start_node, ros_node):
     assert not list(tasks)[-1].failed
 
 
+def test_bad_reset_options_are_refused_and_the_driver_lives(active_driver, ros_node, processes):
+    from grrl_interfaces.msg import KeyValue
+
+    _, states, tasks = active_driver
+    client = ros_node.node.create_client(ResetScene, "/bytemini/reset_scene")
+    assert client.wait_for_service(timeout_sec=30)
+    refusals = {"99": "0..1", "-1": "0..1", "2": "0..1", "5": "0..1",
+                "two": "must be an integer, got 'two'"}
+    for value, reason in refusals.items():
+        resp = ros_node.call(client, ResetScene.Request(
+            seed=3, options=[KeyValue(key="eyelet_index", value=value)]))
+        assert resp is not None and not resp.success, value
+        assert reason in resp.message and repr(value if not value.lstrip("-").isdigit()
+                                               else int(value)) in resp.message, resp.message
+    for key, value in (("eyelet_side", "up"), ("colour", "red")):
+        resp = ros_node.call(client, ResetScene.Request(seed=3, options=[KeyValue(key=key, value=value)]))
+        assert not resp.success and (value in resp.message or key in resp.message), resp.message
+    # the driver is alive and a valid request still works, with the option it asked for
+    n = len(states)
+    wait_until(lambda: len(states) > n + 5, 10, "states after the refusals")
+    resp = ros_node.call(client, ResetScene.Request(
+        seed=3, options=[KeyValue(key="eyelet_index", value="1")]))
+    assert resp.success, resp.message
+    assert dict((kv.key, kv.value) for kv in resp.scene_parameters)["eyelet_index"] == "1"
+    assert processes.started[0].proc.poll() is None
+
+
 def test_task_space_and_gripper_commands(active_driver, ros_node, processes):
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float64

@@ -142,15 +142,18 @@ class DriverNode(LifecycleNode):
             if self.driver.simulated else None
         self.sub_cmd = self.create_subscription(JointTrajectory,
                                                 "bytemini/command/joint_trajectory",
-                                                self.on_command, COMMAND_QOS)
-        self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene", self.on_reset)
+                                                self._guarded(self.on_command), COMMAND_QOS)
+        self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene",
+                                             self._guarded_reset)
         self.servo = CartesianServo()
         self.sub_task_space = [self.create_subscription(
             PoseStamped, f"bytemini/command/{side}/tcp_pose",
-            lambda msg, s=side: self.on_tcp_command(s, msg), COMMAND_QOS) for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_tcp_command(s, msg)), COMMAND_QOS)
+            for side in desc.SIDES]
         self.sub_task_space += [self.create_subscription(
             Float64, f"bytemini/command/{side}/gripper",
-            lambda msg, s=side: self.on_gripper(s, msg), COMMAND_QOS) for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_gripper(s, msg)), COMMAND_QOS)
+            for side in desc.SIDES]
         self.get_logger().info(f"configured backend '{p['backend']}'")
         return TransitionCallbackReturn.SUCCESS
 
@@ -295,6 +298,28 @@ class DriverNode(LifecycleNode):
         now = self.now_s()
         self.follower.start(traj, now, self.target)
         self.last_command_time = now
+
+    def _guarded(self, callback):
+        """``callback`` with any exception turned into a logged refusal and a hold: no message
+        may kill the driver."""
+        def run(msg) -> None:
+            try:
+                callback(msg)
+            except Exception as exc:  # noqa: BLE001 - a bad message must never end the driver
+                self.get_logger().error(f"refused a message that raised {exc!r}; holding")
+                if self.driver is not None:
+                    self.follower.hold(self.target)
+                    self.servo.clear()
+        return run
+
+    def _guarded_reset(self, request: ResetScene.Request, response: ResetScene.Response
+                       ) -> ResetScene.Response:
+        try:
+            return self.on_reset(request, response)
+        except Exception as exc:  # noqa: BLE001 - a bad request is refused, never fatal
+            self.get_logger().error(f"reset refused: {exc!r}")
+            response.success, response.message = False, f"reset refused: {exc!r}"
+            return response
 
     def on_reset(self, request: ResetScene.Request, response: ResetScene.Response
                  ) -> ResetScene.Response:

@@ -8,7 +8,7 @@ import numpy as np
 
 from bytemini_driver import description as desc
 from bytemini_driver.driver import DriverFault, RobotDriver, SceneInfo
-from bytemini_driver.scene import SceneConfig
+from bytemini_driver.scene import SceneConfig, check_task_choices
 from bytemini_driver.sim import PhysicsError, ShoeLacingSim, SimConfig
 from bytemini_driver.trajectory import DriverLimits
 
@@ -82,18 +82,19 @@ class MujocoDriver(RobotDriver):
         return float(self._sim().data.time)
 
     def reset(self, seed: int, mirrored: bool, options: dict[str, str]) -> SceneInfo:
-        task: dict[str, Any] = {}
-        for key in ("end_side", "eyelet_side"):
-            if options.get(key):
-                if options[key] not in desc.SIDES:
-                    raise ValueError(f"option {key} must be left or right, got {options[key]!r}")
-                task[key] = options[key]
-        if options.get("eyelet_index"):
-            task["eyelet_index"] = int(options["eyelet_index"])
         unknown = set(options) - {"end_side", "eyelet_side", "eyelet_index"}
         if unknown:
-            raise ValueError(f"unknown scene option(s) {sorted(unknown)}")
+            raise ValueError(f"unknown scene option(s) {sorted(unknown)}; known: end_side, "
+                             f"eyelet_side, eyelet_index")
+        task: dict[str, Any] = {k: options[k] for k in ("end_side", "eyelet_side") if options.get(k)}
+        if options.get("eyelet_index"):
+            try:
+                task["eyelet_index"] = int(options["eyelet_index"])
+            except ValueError:
+                raise ValueError(f"option eyelet_index must be an integer, "
+                                 f"got {options['eyelet_index']!r}") from None
         sim = self._sim()
+        check_task_choices(sim.config.scene, **task)
         try:
             params = sim.reset(seed, mirrored=mirrored, **task)
         except PhysicsError as exc:

@@ -145,19 +145,36 @@ def _lace_half(rng: np.random.Generator, sign: float, length: float, radius: flo
     return poly
 
 
+def check_task_choices(config: SceneConfig, end_side: str | None = None,
+                       eyelet_side: str | None = None, eyelet_index: int | None = None) -> None:
+    """Raise ValueError naming the value and the allowed ones for a task choice the scene lacks."""
+    for name, value in (("end_side", end_side), ("eyelet_side", eyelet_side)):
+        if value is not None and value not in desc.SIDES:
+            raise ValueError(f"{name} must be one of {list(desc.SIDES)}, got {value!r}")
+    if eyelet_index is not None and (isinstance(eyelet_index, bool)
+                                     or not isinstance(eyelet_index, (int, np.integer))
+                                     or not 0 <= eyelet_index < config.eyelets_per_side):
+        raise ValueError(f"eyelet_index must be an integer in 0..{config.eyelets_per_side - 1} "
+                         f"(this shoe has {config.eyelets_per_side} eyelets per side), "
+                         f"got {eyelet_index!r}")
+
+
 def sample_scene(seed: int, config: SceneConfig | None = None, mirrored: bool = False,
                  end_side: str | None = None, eyelet_side: str | None = None,
                  eyelet_index: int | None = None) -> SceneParams:
     """The scene of ``seed`` (task choices may be fixed by the caller)."""
     config = config or SceneConfig()
+    check_task_choices(config, end_side, eyelet_side, eyelet_index)
     rng = np.random.default_rng(seed)
     xy = (0.52 + rng.uniform(-0.025, 0.025), rng.uniform(-0.025, 0.025))
     yaw = rng.uniform(-0.15, 0.15)
     rgba = tuple(float(c) for c in rng.uniform(0.15, 0.9, 3)) + (1.0,)
-    end_side = end_side or str(rng.choice(["left", "right"]))
-    eyelet_side = eyelet_side or str(rng.choice(["left", "right"]))
-    eyelet_index = int(rng.integers(config.eyelets_per_side)) if eyelet_index is None \
-        else eyelet_index
+    # the choices are always drawn, so that fixing one leaves the rest of the seed's scene as is
+    drawn_end, drawn_eyelet_side = str(rng.choice(["left", "right"])), str(rng.choice(["left", "right"]))
+    drawn_index = int(rng.integers(config.eyelets_per_side))
+    end_side = end_side or drawn_end
+    eyelet_side = eyelet_side or drawn_eyelet_side
+    eyelet_index = drawn_index if eyelet_index is None else int(eyelet_index)
     half = config.lace_length / 2
     left = _lace_half(rng, 1.0, half, config.lace_radius)
     right = _lace_half(rng, -1.0, half, config.lace_radius)

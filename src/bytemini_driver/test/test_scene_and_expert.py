@@ -2,6 +2,8 @@
 solves it through the same interface a policy has."""
 from __future__ import annotations
 
+import re
+
 import mujoco
 import numpy as np
 import pytest
@@ -61,6 +63,25 @@ def test_expert_solves_seeded_scenes(sim: ShoeLacingSim, seed: int, mirrored: bo
     assert result.success, result
     assert sim.tracker.state.reached == [1, 2, 3, 4]
     assert result.sim_time < 25.0
+
+
+def test_fixing_a_task_choice_keeps_the_rest_of_the_scene():
+    free = sample_scene(21)
+    for other in ("left", "right"):
+        fixed = sample_scene(21, end_side=other, eyelet_index=1 - free.eyelet_index)
+        assert fixed.end_side == other and fixed.eyelet_index == 1 - free.eyelet_index
+        np.testing.assert_array_equal(fixed.lace_points, free.lace_points)
+        assert (fixed.shoe_xy, fixed.shoe_yaw, fixed.eyelet_side) == \
+            (free.shoe_xy, free.shoe_yaw, free.eyelet_side)
+
+
+@pytest.mark.parametrize("choice", [dict(eyelet_index=2), dict(eyelet_index=-1),
+                                    dict(eyelet_index=99), dict(eyelet_index=True),
+                                    dict(end_side="up"), dict(eyelet_side="")])
+def test_impossible_task_choices_are_refused_by_name(choice):
+    (name, value), = choice.items()
+    with pytest.raises(ValueError, match=f"{name} must .* got {re.escape(repr(value))}"):
+        sample_scene(3, **choice)
 
 
 def test_wilson_interval():
