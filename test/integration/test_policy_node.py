@@ -159,6 +159,15 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
         wait_until(lambda: len(chunks) >= n + 2, 20, "chunks after the reload")
         assert chunks[-1].policy_version == 3 and chunks[-1].policy_sha256 == meta.sha256
 
+        # a forged announcement (version 10 for a file that says 1) is refused with the reason
+        save_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v1", version=1)
+        announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=10,
+                                        path=str(tmp_path / "v1")))
+        forged = wait_until(lambda: next((s for s in list(status) if s.version == 10), None), 30,
+                            "the forged announcement's answer")
+        assert forged.status == CheckpointInfo.STATUS_REFUSED, forged.message
+        assert "announced as version 10 but the file is version 1" in forged.message
+
         # a corrupted one is refused, reported, and the running version stays
         save_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v4", version=4)
         w, _ = paths(tmp_path / "v4")
@@ -169,7 +178,8 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
                                         path=str(tmp_path / "v4")))
         wait_until(lambda: any(s.status == CheckpointInfo.STATUS_REFUSED and s.version == 4
                                for s in list(status)), 30, "checkpoint 4 refused")
-        refused = next(s for s in status if s.status == CheckpointInfo.STATUS_REFUSED)
+        refused = next(s for s in status if s.status == CheckpointInfo.STATUS_REFUSED
+                       and s.version == 4)
         assert "sha256" in refused.message
         n = len(chunks)
         wait_until(lambda: len(chunks) >= n + 2, 20, "chunks after the refusal")

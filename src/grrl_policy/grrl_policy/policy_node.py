@@ -337,10 +337,8 @@ class PolicyNode(Node):
             if msg.version <= self.policy.version:
                 raise CheckpointError(f"version {msg.version} is not newer than the running "
                                       f"version {self.policy.version}")
-            meta = self.policy.swap(msg.path, msg.sha256 or None)
-            if meta.version != msg.version:
-                self.get_logger().warn(f"{msg.path}: announced as version {msg.version}, the file "
-                                       f"says {meta.version}; using the file's")
+            meta = self.policy.swap(msg.path, msg.sha256 or None, expected_version=msg.version,
+                                    newer=True)
             reply.status, reply.version = CheckpointInfo.STATUS_LOADED, meta.version
             reply.message = f"loaded version {meta.version}"
             self.get_logger().info(f"checkpoint {msg.path}: version {meta.version} loaded")

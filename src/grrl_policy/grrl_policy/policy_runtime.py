@@ -129,14 +129,23 @@ class Policy:
         with it makes sense. Offline (BC) checkpoints are not: their predictor is untrained."""
         return self._steerable
 
-    def swap(self, path: str, expected_sha256: str | None = None) -> CheckpointMeta:
+    def swap(self, path: str, expected_sha256: str | None = None,
+             expected_version: int | None = None, newer: bool = False) -> CheckpointMeta:
         """Load, verify and atomically install a checkpoint; raises CheckpointError (keeping the
-        running model) if anything is wrong, including a model of another shape."""
+        running model) if anything is wrong: a model of another shape, a file whose own version
+        is not ``expected_version`` (an announcement cannot relabel a file), or, with ``newer``,
+        a file whose version is not newer than the running one."""
         from .checkpoint import CheckpointError
         model, meta = load_checkpoint(path, expected_sha256)
         if meta.config.to_dict() != self._model.cfg.to_dict():
             raise CheckpointError(f"{path}: model config differs from the running model's "
                                   f"({meta.config.name} vs {self._model.cfg.name})")
+        if expected_version is not None and meta.version != expected_version:
+            raise CheckpointError(f"{path}: announced as version {expected_version} but the "
+                                  f"file is version {meta.version}")
+        if newer and meta.version <= self._version:
+            raise CheckpointError(f"{path}: version {meta.version} is not newer than the "
+                                  f"running version {self._version}")
         model = model.eval().to(self.device)
         with self._lock:
             self._model, self._version, self._sha = model, meta.version, meta.sha256

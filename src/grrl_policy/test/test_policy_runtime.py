@@ -74,9 +74,14 @@ def test_hot_swap_installs_verified_checkpoints_and_keeps_the_old_on_failure(tmp
     save_checkpoint(other, tmp_path / "other", version=6)
     with pytest.raises(CheckpointError, match="differs"):
         policy.swap(str(tmp_path / "other"))
+    # an announcement cannot relabel a file: the version is the file's own
+    with pytest.raises(CheckpointError, match="announced as version 10 but the file is version 5"):
+        policy.swap(str(tmp_path / "v5"), expected_version=10)
     assert policy.version == 0
-    policy.swap(str(tmp_path / "v5"), expected_sha256=meta.sha256)
+    policy.swap(str(tmp_path / "v5"), expected_sha256=meta.sha256, expected_version=5, newer=True)
     assert policy.version == 5 and policy.sha256 == meta.sha256
+    with pytest.raises(CheckpointError, match="not newer"):
+        policy.swap(str(tmp_path / "v5"), newer=True)
     noise = np.zeros((4, 2), np.float32)
     expect, _ = new.eval().act(obs, proprio, noise=torch.from_numpy(noise)[None])
     np.testing.assert_allclose(policy.infer(obs, proprio, noise=noise).actions, expect[0].numpy(), atol=1e-6)
