@@ -206,3 +206,7 @@ def test_task_space_and_gripper_commands(active_driver, ros_node, processes):
     wait_until(lambda: "rejected left tcp command, holding: non-finite" in processes.started[0].output
                and "rejected left gripper command" in processes.started[0].output, 10,
                "the rejections")
+    bad.pose.orientation.w = 2.0                   # finite, but not a rotation
+    cmd.publish(bad)
+    wait_until(lambda: "orientation quaternion of norm 2" in processes.started[0].output, 10,
+               "the rejection of a quaternion of norm 2")

@@ -47,8 +47,12 @@ def test_time_limit_ends_the_episode_without_reward(graph):
     assert not res.result.success and res.result.reward == 0.0
     assert res.result.message.startswith("timeout: time limit of 2 s")  # 1.5 s rounds to 2
     assert res.result.stages_reached == 0
-    kinds = [e.event for e in events if e.episode_id == res.result.episode_id]
-    assert kinds == [EpisodeEvent.EVENT_STARTED, EpisodeEvent.EVENT_ABORTED]
+    mine = [e for e in events if e.episode_id == res.result.episode_id]
+    assert [e.event for e in mine] == [EpisodeEvent.EVENT_STARTED, EpisodeEvent.EVENT_ABORTED]
+    # stamped in simulated time, like every other message of the episode: the scene's clock
+    # starts at 0 at its reset, and the episode ends when it passes the limit
+    started, ended = (e.header.stamp.sec + e.header.stamp.nanosec * 1e-9 for e in mine)
+    assert started < 0.5 and 1.5 <= ended < 2.5, (started, ended)
 
 
 def test_cancel_and_concurrent_goal(graph):

@@ -256,11 +256,16 @@ class DriverNode(LifecycleNode):
         quat = np.array([o.w, o.x, o.y, o.z], float)
         T = np.eye(4)
         R = np.zeros(9)
-        if np.all(np.isfinite(quat)) and abs(np.linalg.norm(quat) - 1.0) < 1e-3:
-            mujoco.mju_quat2Mat(R, quat)
-            T[:3, :3] = R.reshape(3, 3)
-        else:
-            T[:3, :3] = np.nan
+        bad = "non-finite orientation" if not np.all(np.isfinite(quat)) else (
+            f"orientation quaternion of norm {np.linalg.norm(quat):.4g} (a rotation has norm 1)"
+            if abs(np.linalg.norm(quat) - 1.0) >= 1e-3 else "")
+        if bad:
+            self.get_logger().error(f"rejected {side} tcp command, holding: {bad}")
+            self.follower.hold(self.target)
+            self.servo.clear()
+            return
+        mujoco.mju_quat2Mat(R, quat)
+        T[:3, :3] = R.reshape(3, 3)
         p = msg.pose.position
         T[:3, 3] = [p.x, p.y, p.z]
         try:

@@ -434,9 +434,11 @@ class ChunkExecutor:
             if measured is None:
                 raise ChunkExecutorError("no plan yet: the measured position is needed")
             p = np.asarray(measured, float)
-            if p.shape != (self._space.config_dim,) or not np.all(np.isfinite(p)):
-                raise ChunkExecutorError(f"measured position must be finite with shape "
-                                         f"({self._space.config_dim},), got {p.shape}")
+            if p.shape != (self._space.config_dim,):
+                raise ChunkExecutorError(f"measured position has shape {p.shape}, expected "
+                                         f"({self._space.config_dim},)")
+            if not np.all(np.isfinite(p)):
+                raise ChunkExecutorError("measured position has non-finite values")
             return SpliceState(float(t), p.copy(), np.zeros(V), np.zeros(V))
         if t < plan.start.t - _EPS_T:
             raise ValueError(f"t={t} is before the current plan's start {plan.start.t}")

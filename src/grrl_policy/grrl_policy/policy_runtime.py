@@ -67,8 +67,10 @@ def build_observation(cfg: ModelConfig, instruction: str, proprio: np.ndarray,
         if state is None:
             raise ObservationError("the model observes simulator state, none was given")
         state = np.asarray(state, dtype=np.float32)
-        if state.shape != (cfg.tiny.state_dim,) or not np.isfinite(state).all():
-            raise ObservationError(f"state must be finite ({cfg.tiny.state_dim},), got {state.shape}")
+        if state.shape != (cfg.tiny.state_dim,):
+            raise ObservationError(f"state has shape {state.shape}, expected ({cfg.tiny.state_dim},)")
+        if not np.isfinite(state).all():
+            raise ObservationError(f"non-finite state at indices {np.flatnonzero(~np.isfinite(state)).tolist()}")
         obs[STATE] = torch.from_numpy(state)[None]
     else:
         size = cfg.image_size

@@ -104,9 +104,11 @@ class JerkLimitedOptimizer:
         """
         k, D, h = self.k, self.dim, self.dt
         chunk = np.asarray(chunk, float)
-        if chunk.shape != (k, D) or not np.all(np.isfinite(chunk)):
-            raise TrajectoryOptimizerError(f"chunk must be finite with shape {(k, D)}, got "
-                                           f"{chunk.shape}")
+        if chunk.shape != (k, D):
+            raise TrajectoryOptimizerError(f"chunk has shape {chunk.shape}, expected {(k, D)}")
+        if not np.all(np.isfinite(chunk)):
+            raise TrajectoryOptimizerError(f"chunk has {int((~np.isfinite(chunk)).sum())} "
+                                           f"non-finite values")
         p0 = np.asarray(p0, float)
         v0 = np.zeros(D) if v0 is None else np.asarray(v0, float)
         a0 = np.zeros(D) if a0 is None else np.asarray(a0, float)

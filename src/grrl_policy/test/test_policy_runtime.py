@@ -36,6 +36,17 @@ def test_bad_observations_are_refused_with_a_reason(change, reason):
         build_observation(TINY, **kw)
 
 
+@pytest.mark.parametrize("state, reason", [
+    (np.zeros(41), r"state has shape \(41,\), expected \(42,\)"),
+    (np.where(np.arange(42) == 7, np.nan, 0.0), r"non-finite state at indices \[7\]"),
+])
+def test_bad_state_is_refused_with_the_reason_it_is_bad(state, reason):
+    cfg = preset("tiny-state")
+    cfg = dataclasses.replace(cfg, tiny=dataclasses.replace(cfg.tiny, text_encoder="hashed"))
+    with pytest.raises(ObservationError, match=reason):
+        build_observation(cfg, "lace it", np.zeros(cfg.proprio_dim), None, state=state)
+
+
 def test_inference_returns_a_finite_chunk_with_version_and_timings():
     torch.manual_seed(0)
     policy = Policy(GRRLModel(TINY))

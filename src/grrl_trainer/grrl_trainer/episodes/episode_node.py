@@ -22,6 +22,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
@@ -104,6 +105,7 @@ class EpisodeNode(Node):
         self.reset_client = self.create_client(ResetScene, "bytemini/reset_scene",
                                                callback_group=group)
         self.task: TaskState | None = None
+        self.sim_stamp = None       # the newest task state's stamp: the simulator's time
         self.failure: TaskState | None = None
         self.min_scene = 0
         self.task_wall = 0.0
@@ -138,6 +140,7 @@ class EpisodeNode(Node):
             if msg.scene_seq < self.min_scene:
                 return  # still the previous scene (queued before our reset)
             self.task = msg
+            self.sim_stamp = msg.header.stamp
             self.task_wall = time.monotonic()
             if msg.failed and self.failure is None:
                 self.failure = msg  # latched: the loop samples only the latest state
@@ -158,7 +161,7 @@ class EpisodeNode(Node):
                                stage=stage, stage_name=STAGE_NAMES[stage],
                                step=self.steps, seed=goal.seed, instruction=instruction,
                                message=req.note)
-            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.stamp = self._stamp()
             self.pub_event.publish(msg)
             resp.accepted, resp.message = True, f"retry keyframe at step {self.steps}"
             return resp
@@ -207,8 +210,18 @@ class EpisodeNode(Node):
                            stage_name=STAGE_NAMES[mon.stage], success=mon.success,
                            reward=mon.reward, seed=seed, instruction=instruction,
                            record_path=record, message=mon.message)
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self._stamp()
         self.pub_event.publish(msg)
+
+    def _stamp(self):
+        """Events carry the time every other message of the episode carries: the simulator's
+        (the newest task state's stamp of this scene; a scene's clock starts at 0 at its reset)
+        when it runs one, else this node's clock (a real robot, operator-labelled stages)."""
+        if self.source != "sim":
+            return self.get_clock().now().to_msg()
+        with self.task_lock:
+            stamp = self.sim_stamp
+        return stamp if stamp is not None else TimeMsg()
 
     def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
         timeout = self.cfg.reset_timeout
@@ -272,7 +285,7 @@ class EpisodeNode(Node):
         instruction = goal.instruction or reset.instruction
         with self.task_lock:
             self.min_scene = prev_scene + 1   # only states of the new scene count
-            self.task = None
+            self.task = self.sim_stamp = None
             if self.failure is not None and self.failure.scene_seq < self.min_scene:
                 self.failure = None           # (a fault of this scene may already be here)
         record_path = ""
