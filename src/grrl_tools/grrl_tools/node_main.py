@@ -4,11 +4,14 @@ name on the latched ``grrl/controller_ready`` once it can act, and whoever start
 waits for it (an episode's clock must not run while its controller is still loading)."""
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Callable, TypeVar
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -34,21 +37,56 @@ def announce_ready(node: Node):
     return pub
 
 
+class StopSignal:
+    """SIGINT and SIGTERM set :attr:`event` instead of shutting the context down under running
+    callbacks (rclpy's own handler does, and a callback that publishes then dies with an
+    RCLError traceback). Install it in the main thread, after ``rclpy.init(...,
+    signal_handler_options=SignalHandlerOptions.NO)``."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def init_with_stop_signal(argv: list[str] | None = None) -> StopSignal:
+    """``rclpy.init`` without rclpy's signal handlers, and a :class:`StopSignal` in their place."""
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    return StopSignal()
+
+
+STOP_POLL_S = 0.1
+"""how often a spinning node looks at the stop signal: the bound on its reaction to Ctrl-C"""
+
+
 def run_node(factory: Callable[[], N], argv: list[str] | None = None,
-             before_spin: Callable[[N], None] | None = None) -> None:
-    rclpy.init(args=argv)
-    node = factory()
+             before_spin: Callable[[N], None] | None = None,
+             make_executor: Callable[[], Executor] = SingleThreadedExecutor) -> None:
+    """Init, build the node, spin it until SIGINT/SIGTERM, then stop it in order (its own
+    ``stop()`` first, if it has one: finish what is in flight while the context is still
+    valid), destroy it, shut down, exit 0."""
+    stop = init_with_stop_signal(argv)
+    node = None
+    executor = make_executor()
     try:
+        node = factory()
         if before_spin is not None:
             before_spin(node)
-        rclpy.spin(node)
+        executor.add_node(node)
+        while not stop and rclpy.ok():
+            executor.spin_once(timeout_sec=STOP_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RuntimeError:
-        # rclpy can fail a take that races with Ctrl-C/SIGTERM; during shutdown that is
-        # not an error of the node
-        if rclpy.ok():
-            raise
     finally:
-        node.destroy_node()
+        if node is not None and hasattr(node, "stop"):
+            node.stop()
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()

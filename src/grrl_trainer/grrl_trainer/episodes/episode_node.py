@@ -19,13 +19,14 @@ from pathlib import Path
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.node_main import run_node
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -132,7 +133,38 @@ class EpisodeNode(Node):
         self.server = ActionServer(self, RunEpisode, "grrl/run_episode", self.execute,
                                    goal_callback=self.on_goal, cancel_callback=self.on_cancel,
                                    callback_group=group)
+        self.stopping = False
+        self.rec_executor = SingleThreadedExecutor()
+        self.rec_executor.add_node(self.rec_node)
+        self.rec_thread = threading.Thread(target=self._spin_recorder, daemon=True,
+                                           name="episode_recorder")
+        self.rec_thread.start()
         self.get_logger().info("episode node ready")
+
+    def _spin_recorder(self) -> None:
+        try:
+            self.rec_executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def stop(self) -> None:
+        """Before the context goes: end a running episode (aborted, "shutting down"), with its
+        final event published and its record closed."""
+        self.stopping = True
+        if self.busy.acquire(timeout=2.0):
+            self.busy.release()
+        else:
+            self.get_logger().warn("the running episode did not end within 2 s of the stop")
+
+    def destroy_node(self) -> None:
+        self.stopping = True
+        self.rec_executor.shutdown(timeout_sec=1.0)
+        self.rec_thread.join(timeout=1.0)
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        self.rec_node.destroy_node()
+        super().destroy_node()
 
     # ------------------------------------------------------------------- inputs
     def on_task(self, msg: TaskState) -> None:
@@ -313,7 +345,7 @@ class EpisodeNode(Node):
             if handle.is_cancel_requested:
                 mon.finish(CANCELLED, "cancelled")
                 break
-            if not rclpy.ok():
+            if self.stopping or not rclpy.ok():
                 mon.finish(CANCELLED, "shutting down")
                 break
             if self.source == "operator":
@@ -373,7 +405,7 @@ class EpisodeNode(Node):
                                f"{sum(counts.values())} messages")
         if mon.status == CANCELLED and handle.is_cancel_requested:
             handle.canceled()
-        elif mon.status == INVALID:
+        elif mon.status == INVALID or self.stopping:
             handle.abort()
         else:
             handle.succeed()
@@ -381,40 +413,8 @@ class EpisodeNode(Node):
 
 
 def main(argv: list[str] | None = None) -> None:
-    rclpy.init(args=argv)
-    node = EpisodeNode()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    rec_executor = rclpy.executors.SingleThreadedExecutor()
-    rec_executor.add_node(node.rec_node)
-    def spin_recorder() -> None:
-        try:
-            rec_executor.spin()
-        except ExternalShutdownException:
-            pass
-        except RuntimeError:
-            if rclpy.ok():
-                raise
-
-    rec_thread = threading.Thread(target=spin_recorder, daemon=True)
-    rec_thread.start()
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        if rclpy.ok():  # (a take racing with shutdown is not an error)
-            raise
-    finally:
-        # orderly: stop both executors and their threads before any node is destroyed
-        rec_executor.shutdown(timeout_sec=2.0)
-        rec_thread.join(timeout=2.0)
-        executor.shutdown(timeout_sec=2.0)
-        if node.recorder is not None:
-            node.recorder.close()
-        node.rec_node.destroy_node()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    # three threads: the episode loop, the reset/label services, and the subscriptions
+    run_node(EpisodeNode, argv, make_executor=lambda: MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":

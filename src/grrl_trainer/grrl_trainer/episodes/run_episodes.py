@@ -19,7 +19,7 @@ from rclpy.node import Node
 
 from grrl_interfaces.action import RunEpisode
 from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
-from grrl_tools.node_main import READY_QOS, READY_TOPIC
+from grrl_tools.node_main import READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal, init_with_stop_signal
 from std_msgs.msg import String
 
 
@@ -41,9 +41,15 @@ class RunEpisodesConfig:
     act, before the first episode (0: do not wait)"""
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived while waiting for the named thing."""
+
+
 class EpisodeRunner(Node):
-    def __init__(self, overrides: dict | None = None) -> None:
+    def __init__(self, overrides: dict | None = None, stop: StopSignal | None = None) -> None:
         super().__init__("run_episodes")
+        self.stop = stop if stop is not None else False
+        self.active = None
         declare_parameters(self, RunEpisodesConfig())
         self.cfg = dataclasses.replace(from_parameters(self, RunEpisodesConfig()),
                                        **(overrides or {}))
@@ -52,6 +58,15 @@ class EpisodeRunner(Node):
         self.create_subscription(String, READY_TOPIC, lambda m: self.ready.append(m.data),
                                  READY_QOS)
 
+    def cancel_active(self) -> None:
+        """Ask the episode node to cancel the running episode (best effort, bounded)."""
+        if self.active is None or not rclpy.ok():
+            return
+        future = self.active.cancel_goal_async()
+        deadline = time.monotonic() + 1.0
+        while not future.done() and time.monotonic() < deadline:
+            rclpy.spin_once(self, timeout_sec=STOP_POLL_S)
+
     def param(self, name: str):
         """The flag given for ``name``, else its node parameter (read and checked once)."""
         return getattr(self.cfg, name)
@@ -59,7 +74,9 @@ class EpisodeRunner(Node):
     def _wait(self, future, what: str, timeout: float | None = None):
         deadline = None if timeout is None else time.monotonic() + timeout
         while rclpy.ok() and not future.done():
-            rclpy.spin_once(self, timeout_sec=0.1)
+            if self.stop:
+                raise Interrupted(what)
+            rclpy.spin_once(self, timeout_sec=STOP_POLL_S)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}")
         return future.result()
@@ -73,7 +90,9 @@ class EpisodeRunner(Node):
         if wait > 0:
             deadline = time.monotonic() + wait
             while rclpy.ok() and not self.ready and time.monotonic() < deadline:
-                rclpy.spin_once(self, timeout_sec=0.1)
+                if self.stop:
+                    raise Interrupted("a controller")
+                rclpy.spin_once(self, timeout_sec=STOP_POLL_S)
             if not self.ready:
                 log.error(f"no controller announced on {self.resolve_topic_name(READY_TOPIC)} "
                           f"that it can act within {wait:.0f} s (a controller publishes its "
@@ -91,9 +110,12 @@ class EpisodeRunner(Node):
                 log.error(f"episode {i}: goal rejected")
                 failures += 1
                 continue
+            self.active = handle
             wrapped = self._wait(handle.get_result_async(), "the episode result")
+            self.active = None
             if wrapped is None:
-                return 130
+                log.error(f"episode {i}: no result")
+                return 1
             r = wrapped.result
             successes += int(r.success)
             if wrapped.status != 4:  # not SUCCEEDED: the episode could not be run properly
@@ -116,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(**{f: None for f in vars(parser.parse_args([]))})
     args = parser.parse_args(ros_args[1:])
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    rclpy.init(args=argv)
-    node = EpisodeRunner(overrides)
+    stop = init_with_stop_signal(argv)
+    node = EpisodeRunner(overrides, stop)
     code = 1
     try:
         code = node.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        code = 130
+    except Interrupted as exc:
+        # a stop asked for (Ctrl-C, or a launch shutting down) is a clean end, not an error
+        print(f"interrupted while waiting for {exc}", flush=True)
+        node.cancel_active()
+        code = 0
+    except ExternalShutdownException:
+        code = 0
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
