@@ -55,6 +55,22 @@ def test_time_limit_ends_the_episode_without_reward(graph):
     assert started < 0.5 and 1.5 <= ended < 2.5, (started, ended)
 
 
+def test_an_idle_episode_node_subscribes_to_nothing_it_records(graph, ros_node):
+    """Recording subscriptions exist only during an episode: idle, the node does not take the
+    driver's 250 messages/s (that used ~20% of a core)."""
+    client, events = graph()
+
+    def recorder_subscribed() -> bool:
+        infos = ros_node.node.get_subscriptions_info_by_topic("/bytemini/joint_states")
+        return any(i.node_name == "episode_node_recorder" for i in infos)
+    wait_until(lambda: ros_node.node.count_publishers("/bytemini/joint_states"), 30, "the driver")
+    assert not recorder_subscribed()
+    handle = send(client, seed=3, time_limit=1.0)
+    wait_until(recorder_subscribed, 30, "the recorder to subscribe during the episode")
+    result_of(handle)
+    wait_until(lambda: not recorder_subscribed(), 30, "the recorder to unsubscribe after it")
+
+
 def test_cancel_and_concurrent_goal(graph):
     client, events = graph()
     handle = send(client, seed=4, time_limit=120.0)

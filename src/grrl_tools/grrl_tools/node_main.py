@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Callable, TypeVar
 
 import rclpy
@@ -65,6 +66,16 @@ STOP_POLL_S = 0.1
 """how often a spinning node looks at the stop signal: the bound on its reaction to Ctrl-C"""
 
 
+def _drain(executor: Executor, timeout: float = 1.0) -> None:
+    """Let callbacks already handed to a multi-threaded executor's threads finish: its
+    ``shutdown`` destroys the guard condition they trigger without waiting for them (they then
+    fail with 'cannot use Destroyable', printed as an exception never retrieved)."""
+    deadline = time.monotonic() + timeout
+    for future in list(getattr(executor, "_futures", ())):
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
 def run_node(factory: Callable[[], N], argv: list[str] | None = None,
              before_spin: Callable[[N], None] | None = None,
              make_executor: Callable[[], Executor] = SingleThreadedExecutor) -> None:
@@ -86,6 +97,7 @@ def run_node(factory: Callable[[], N], argv: list[str] | None = None,
     finally:
         if node is not None and hasattr(node, "stop"):
             node.stop()
+        _drain(executor)
         executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.destroy_node()

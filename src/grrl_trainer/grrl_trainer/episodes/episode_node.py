@@ -84,6 +84,8 @@ class EpisodeNodeConfig:
     """RunEpisode feedback rate (Hz)"""
     state_timeout: float = 5.0
     """wall seconds without a task state before the episode is invalid"""
+    match_timeout: float = 2.0
+    """wall seconds an episode's start waits for the recorded topics' publishers to match"""
     stage_source: str = "sim"
     """where stages come from: 'sim' (the simulator's task state) or 'operator' (labels)"""
 
@@ -117,16 +119,16 @@ class EpisodeNode(Node):
         self.typestore = typestore_with_custom_types()
         # Recording subscriptions live on a second node with its own single-threaded
         # executor: rclpy's multi-threaded executor cannot keep up with 50 Hz x 7 topics
-        # plus images, and the action's execute loop must not compete with them.
-        # (global --ros-args would rename it to this node's name too: keep them away)
+        # plus images, and the action's execute loop must not compete with them. They exist
+        # only during an episode (an idle node taking 250 messages/s used ~20% of a core), and
+        # are created and destroyed on that executor's thread (a guard condition), never under
+        # its feet. (global --ros-args would rename it to this node's name too: keep them away)
         self.rec_node = Node(f"{self.get_name()}_recorder", namespace=self.get_namespace(),
                              context=self.context, use_global_arguments=False)
-        for topic, type_name in RECORD_TOPICS.items():
-            qos = qos_profile_sensor_data if "image" in topic else (
-                LATCHED if topic == "grrl/instruction" else QoSProfile(depth=100))
-            self.rec_node.create_subscription(_import_type(type_name), topic,
-                                              lambda data, t=topic: self.on_raw(t, data), qos,
-                                              raw=True)
+        self.rec_subs: dict[str, object] = {}
+        self.rec_want = False
+        self.rec_applied = threading.Event()
+        self.rec_switch = self.rec_node.create_guard_condition(self._apply_recording)
         self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
                             callback_group=group)
         self.busy = threading.Lock()
@@ -140,6 +142,46 @@ class EpisodeNode(Node):
                                            name="episode_recorder")
         self.rec_thread.start()
         self.get_logger().info("episode node ready")
+
+    def _apply_recording(self) -> None:
+        """(on the recorder's executor thread) make the recording subscriptions match rec_want"""
+        if self.rec_want and not self.rec_subs:
+            for topic, type_name in RECORD_TOPICS.items():
+                if "image" in topic and not self.cfg.record_images:
+                    continue
+                qos = qos_profile_sensor_data if "image" in topic else (
+                    LATCHED if topic == "grrl/instruction" else QoSProfile(depth=100))
+                self.rec_subs[topic] = self.rec_node.create_subscription(
+                    _import_type(type_name), topic, lambda data, t=topic: self.on_raw(t, data),
+                    qos, raw=True)
+        elif not self.rec_want and self.rec_subs:
+            for sub in self.rec_subs.values():
+                self.rec_node.destroy_subscription(sub)
+            self.rec_subs = {}
+        self.rec_applied.set()
+
+    def _recording(self, on: bool) -> None:
+        """Subscribe to (or leave) the recorded topics; on: wait until every topic that has
+        publishers is matched to them, so that the episode's first messages are not lost."""
+        self.rec_applied.clear()
+        self.rec_want = on
+        self.rec_switch.trigger()
+        if not self.rec_applied.wait(5.0):
+            self.get_logger().warn("the recorder's executor did not answer within 5 s")
+            return
+        if not on:
+            return
+        deadline = time.monotonic() + self.cfg.match_timeout
+        while True:
+            missing = [t for t, sub in list(self.rec_subs.items())
+                       if sub.get_publisher_count() < self.rec_node.count_publishers(t)]
+            if not missing:
+                return
+            if time.monotonic() > deadline or self.stopping:
+                self.get_logger().warn(f"recording without all publishers matched after "
+                                       f"{self.cfg.match_timeout} s: {missing}")
+                return
+            time.sleep(0.01)
 
     def _spin_recorder(self) -> None:
         try:
@@ -287,6 +329,7 @@ class EpisodeNode(Node):
     def execute(self, handle) -> RunEpisode.Result:
         with self.busy:
             try:
+                self._recording(True)
                 return self._run(handle)
             except Exception as exc:  # noqa: BLE001 - never leave a half-open episode
                 self.get_logger().error(f"episode failed: {exc!r}")
@@ -298,6 +341,7 @@ class EpisodeNode(Node):
                 if self.recorder is not None:
                     rec, self.recorder = self.recorder, None
                     rec.close()
+                self._recording(False)
 
     def _run(self, handle) -> RunEpisode.Result:
         goal: RunEpisode.Goal = handle.request
