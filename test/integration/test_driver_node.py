@@ -101,6 +101,34 @@ def test_bad_commands_are_rejected_and_the_robot_holds(active_driver, processes)
     wait_until(lambda: abs(latest(states).position[0] - target[0]) < 0.02, 10, "the motion")
 
 
+def test_oversized_commands_are_refused_unread_and_control_goes_on(active_driver, processes):
+    pub, states, _ = active_driver
+    q0 = np.array(latest(states).position)
+
+    def flood(n_points: int) -> JointTrajectory:
+        pts = [JointTrajectoryPoint(positions=list(q0), velocities=[0.0] * 16,
+                                    accelerations=[0.0] * 16,
+                                    time_from_start=Duration(sec=i // 50,
+                                                             nanosec=(i % 50) * 20_000_000))
+               for i in range(1, n_points + 1)]
+        return JointTrajectory(joint_names=NAMES, points=pts)
+    big, too_many = flood(10_000), flood(600)
+    n = len(states)
+    for _ in range(5):
+        pub.publish(big)
+    pub.publish(too_many)
+    out = lambda: processes.started[0].output  # noqa: E731
+    wait_until(lambda: out().count("larger than any trajectory of at most 500 points") >= 5
+               and "600 points, more than the 500 allowed" in out(), 30, "the refusals")
+    # the loop kept running and the robot held still; a good command still moves it
+    wait_until(lambda: len(states) > n + 50, 20, "a second of states")
+    assert np.abs(np.array(latest(states).position) - q0).max() < 2e-3
+    target = q0.copy()
+    target[0] -= 0.3
+    pub.publish(traj(NAMES, target, t=0.5))
+    wait_until(lambda: abs(latest(states).position[0] - target[0]) < 0.02, 10, "the motion")
+
+
 def test_watchdog_holds_when_commands_stop(active_driver, processes):
     pub, states, _ = active_driver
     q0 = np.array(latest(states).position)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, Vector3
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.serialization import deserialize_message
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Float64
@@ -80,6 +83,13 @@ class DriverNodeConfig:
     """scene seed of the first reset"""
     autostart: bool = False
     """configure and activate without a lifecycle manager"""
+    max_trajectory_points: int = 500
+    """points a JointTrajectory command may have (10 s at 50 Hz; a policy's plan has ~80):
+    a longer one is refused unread"""
+
+
+MAX_PENDING_COMMANDS = 4
+"""trajectory commands waiting to be checked; more are refused (a flood must not queue up)"""
 
 
 class DriverNode(LifecycleNode):
@@ -89,6 +99,12 @@ class DriverNode(LifecycleNode):
         self.driver: RobotDriver | None = None
         self.timer = None
         self.names = desc.actuated_joint_names()
+        # Trajectory commands are deserialised and checked on a thread of their own (no input
+        # can stall the control loop, which keeps the executor's thread: a multi-threaded
+        # executor made its ticks bunch up) and touch the shared state under the lock.
+        self.lock = threading.RLock()
+        self.command_pool = ThreadPoolExecutor(1, thread_name_prefix="driver_commands")
+        self.commands_pending = 0
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -140,20 +156,21 @@ class DriverNode(LifecycleNode):
         self.pub_task = self.create_lifecycle_publisher(TaskState, "bytemini/sim/task_state", 10)
         self.pub_clock = self.create_lifecycle_publisher(Clock, "/clock", 10) \
             if self.driver.simulated else None
+        # raw: a command's size is checked before it is deserialised
         self.sub_cmd = self.create_subscription(JointTrajectory,
                                                 "bytemini/command/joint_trajectory",
-                                                self._guarded(self.on_command), COMMAND_QOS)
+                                                self._guarded(self.on_command_bytes), COMMAND_QOS, raw=True)
         self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene",
                                              self._guarded_reset)
         self.servo = CartesianServo()
         self.sub_task_space = [self.create_subscription(
             PoseStamped, f"bytemini/command/{side}/tcp_pose",
-            self._guarded(lambda msg, s=side: self.on_tcp_command(s, msg)), COMMAND_QOS)
-            for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_tcp_command(s, msg), locked=True),
+            COMMAND_QOS) for side in desc.SIDES]
         self.sub_task_space += [self.create_subscription(
             Float64, f"bytemini/command/{side}/gripper",
-            self._guarded(lambda msg, s=side: self.on_gripper(s, msg)), COMMAND_QOS)
-            for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_gripper(s, msg), locked=True),
+            COMMAND_QOS) for side in desc.SIDES]
         self.get_logger().info(f"configured backend '{p['backend']}'")
         return TransitionCallbackReturn.SUCCESS
 
@@ -173,6 +190,10 @@ class DriverNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            return self._deactivate(state)
+
+    def _deactivate(self, state: State) -> TransitionCallbackReturn:
         if self.timer is not None:
             self.destroy_timer(self.timer)
             self.timer = None
@@ -180,6 +201,10 @@ class DriverNode(LifecycleNode):
             q, _ = self.driver.joint_state()
             self.follower.hold(q)
         return super().on_deactivate(state)
+
+    def destroy_node(self) -> None:
+        self.command_pool.shutdown(wait=True, cancel_futures=True)
+        super().destroy_node()
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self._release()
@@ -190,6 +215,10 @@ class DriverNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
+        with self.lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
         if self.timer is not None:
             self.destroy_timer(self.timer)
             self.timer = None
@@ -219,26 +248,71 @@ class DriverNode(LifecycleNode):
         return self.driver.time() if self.driver is not None and self.driver.simulated \
             else time.monotonic()
 
+    def on_command_bytes(self, data: bytes) -> None:
+        """A serialised JointTrajectory: refused unread when it is larger than the largest
+        command allowed (``max_trajectory_points`` of 16 joints)."""
+        n_max = int(self.params["max_trajectory_points"])
+        limit = n_max * (4 * 8 * len(self.names) + 64) + 16384
+        if len(data) > limit:
+            self.get_logger().error(f"rejected command of {len(data)} bytes, holding position: "
+                                    f"larger than any trajectory of at most {n_max} points "
+                                    f"({limit} bytes; parameter max_trajectory_points)")
+            with self.lock:
+                self.follower.hold(self.target)
+                self.servo.clear()
+            return
+        with self.lock:
+            if self.commands_pending >= MAX_PENDING_COMMANDS:
+                self.get_logger().error("rejected command, holding position: trajectory "
+                                        "commands arrive faster than they can be checked",
+                                        throttle_duration_sec=1.0)
+                self.follower.hold(self.target)
+                self.servo.clear()
+                return
+            self.commands_pending += 1
+        self.command_pool.submit(self._command_from_bytes, data)
+
+    def _command_from_bytes(self, data: bytes) -> None:
+        """(on the command thread) deserialise, check and start a trajectory; never raises"""
+        try:
+            self._guarded(self.on_command)(deserialize_message(data, JointTrajectory))
+        except Exception as exc:  # noqa: BLE001 - undecodable bytes are a refusal too
+            self.get_logger().error(f"rejected an undecodable command, holding: {exc!r}")
+            with self.lock:
+                self.follower.hold(self.target)
+                self.servo.clear()
+        finally:
+            with self.lock:
+                self.commands_pending -= 1
+
     def on_command(self, msg: JointTrajectory) -> None:
         if self.driver is None or self.timer is None:
             self.get_logger().warn("command ignored: driver not active")
             return
+        n_max = int(self.params["max_trajectory_points"])
+        with self.lock:
+            start = self.target.copy()
         try:
+            if len(msg.points) > n_max:
+                raise TrajectoryError(f"{len(msg.points)} points, more than the "
+                                      f"{n_max} allowed (parameter max_trajectory_points)")
             points = [Waypoint(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
                                np.asarray(p.positions, float),
                                np.asarray(p.velocities, float) if len(p.velocities) else None,
                                np.asarray(p.accelerations, float) if len(p.accelerations)
                                else None) for p in msg.points]
-            traj = validate(list(msg.joint_names), points, self.limits, start=self.target)
+            traj = validate(list(msg.joint_names), points, self.limits, start=start)
         except TrajectoryError as exc:
             self.get_logger().error(f"rejected command, holding position: {exc}")
-            self.follower.hold(self.target)
-            self.servo.clear()
+            with self.lock:
+                self.follower.hold(self.target)
+                self.servo.clear()
             return
-        now = self.now_s()
-        self.servo.clear()  # the latest command type wins
-        self.follower.start(traj, now, self.target)
-        self.last_command_time = now
+        with self.lock:
+            now = self.now_s()
+            self.servo.clear()  # the latest command type wins
+            self.follower.start(traj, now, self.target)
+            self.last_command_time = now
 
     def on_tcp_command(self, side: str, msg: PoseStamped) -> None:
         if self.driver is None or self.timer is None:
@@ -304,23 +378,29 @@ class DriverNode(LifecycleNode):
         self.follower.start(traj, now, self.target)
         self.last_command_time = now
 
-    def _guarded(self, callback):
+    def _guarded(self, callback, locked: bool = False):
         """``callback`` with any exception turned into a logged refusal and a hold: no message
-        may kill the driver."""
+        may kill the driver; ``locked``: all of it under the state lock (fixed-size messages)."""
         def run(msg) -> None:
             try:
-                callback(msg)
+                if locked:
+                    with self.lock:
+                        callback(msg)
+                else:
+                    callback(msg)
             except Exception as exc:  # noqa: BLE001 - a bad message must never end the driver
                 self.get_logger().error(f"refused a message that raised {exc!r}; holding")
-                if self.driver is not None:
-                    self.follower.hold(self.target)
-                    self.servo.clear()
+                with self.lock:
+                    if self.driver is not None:
+                        self.follower.hold(self.target)
+                        self.servo.clear()
         return run
 
     def _guarded_reset(self, request: ResetScene.Request, response: ResetScene.Response
                        ) -> ResetScene.Response:
         try:
-            return self.on_reset(request, response)
+            with self.lock:
+                return self.on_reset(request, response)
         except Exception as exc:  # noqa: BLE001 - a bad request is refused, never fatal
             self.get_logger().error(f"reset refused: {exc!r}")
             response.success, response.message = False, f"reset refused: {exc!r}"
@@ -356,6 +436,10 @@ class DriverNode(LifecycleNode):
 
     # ---------------------------------------------------------------------- loop
     def on_tick(self) -> None:
+        with self.lock:
+            self._locked_tick()
+
+    def _locked_tick(self) -> None:
         drv = self.driver
         if drv is None:
             return
