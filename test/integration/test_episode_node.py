@@ -16,10 +16,11 @@ pytestmark = pytest.mark.ros
 @pytest.fixture
 def graph(start_node, ros_node):
     """driver (no cameras) + episode node, nobody acting; returns (action client, events)."""
-    def start(backend: str = "mujoco"):
+    def start(backend: str = "mujoco", controller_timeout: float = 0.0):
         start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True,
                    real_time_factor=2.0, backend=backend)
-        start_node("grrl_trainer", "episode_node", record=False)
+        start_node("grrl_trainer", "episode_node", record=False,
+                   controller_timeout=controller_timeout)
         events = ros_node.collect(EpisodeEvent, "/grrl/episode")
         client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
         assert client.wait_for_server(timeout_sec=30)
@@ -71,6 +72,20 @@ def test_an_idle_episode_node_subscribes_to_nothing_it_records(graph, ros_node):
     wait_until(lambda: not recorder_subscribed(), 30, "the recorder to unsubscribe after it")
 
 
+def test_an_episode_waits_for_its_controller_to_be_ready(graph, ros_node):
+    from std_msgs.msg import String
+
+    from grrl_tools.node_main import READY_QOS
+    client, events = graph(controller_timeout=1.0)
+    res = result_of(send(client, seed=3, time_limit=1.0))
+    assert not res.result.success and "no controller announced" in res.result.message
+    assert [e.event for e in events] == [EpisodeEvent.EVENT_INVALID]   # no clock ever ran
+    ready = ros_node.node.create_publisher(String, "/grrl/controller_ready", READY_QOS)
+    ready.publish(String(data="/a_controller"))
+    res = result_of(send(client, seed=3, time_limit=1.0))
+    assert res.result.message.startswith("timeout"), res.result.message
+
+
 def test_cancel_and_concurrent_goal(graph):
     client, events = graph()
     handle = send(client, seed=4, time_limit=120.0)
@@ -116,7 +131,8 @@ def test_operator_labels_drive_the_episode_on_a_real_robot(start_node, ros_node)
     from grrl_interfaces.srv import LabelEpisode
 
     start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True)
-    start_node("grrl_trainer", "episode_node", record=False, stage_source="operator")
+    start_node("grrl_trainer", "episode_node", record=False, stage_source="operator",
+               controller_timeout=0.0)
     events = ros_node.collect(EpisodeEvent, "/grrl/episode")
     client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
     assert client.wait_for_server(timeout_sec=30)

@@ -26,7 +26,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.node_main import run_node
+from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -86,6 +86,10 @@ class EpisodeNodeConfig:
     """wall seconds without a task state before the episode is invalid"""
     match_timeout: float = 2.0
     """wall seconds an episode's start waits for the recorded topics' publishers to match"""
+    controller_timeout: float = 300.0
+    """wall seconds a goal waits for a controller to announce on grrl/controller_ready that it
+    can act before the episode (and its clock) starts, else the episode is invalid; 0: do not
+    wait (a teleoperator, or nobody, acts)"""
     stage_source: str = "sim"
     """where stages come from: 'sim' (the simulator's task state) or 'operator' (labels)"""
 
@@ -129,6 +133,9 @@ class EpisodeNode(Node):
         self.rec_want = False
         self.rec_applied = threading.Event()
         self.rec_switch = self.rec_node.create_guard_condition(self._apply_recording)
+        self.ready_controllers: set[str] = set()
+        self.create_subscription(String, READY_TOPIC, lambda m: self.ready_controllers.add(m.data),
+                                 READY_QOS, callback_group=group)
         self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
                             callback_group=group)
         self.busy = threading.Lock()
@@ -297,7 +304,25 @@ class EpisodeNode(Node):
             stamp = self.sim_stamp
         return stamp if stamp is not None else TimeMsg()
 
+    def _wait_for_controller(self) -> str:
+        """'' once a live controller has announced that it can act, else why not."""
+        wait = self.cfg.controller_timeout
+        if wait <= 0:
+            return ""
+        topic = self.resolve_topic_name(READY_TOPIC)
+        deadline = time.monotonic() + wait
+        while not (self.ready_controllers and self.count_publishers(topic)):
+            if self.stopping or time.monotonic() > deadline:
+                return (f"no controller announced on {topic} that it can act within {wait:.0f} s "
+                        "(a controller publishes its name there once loaded; the episode node's "
+                        "controller_timeout:=0 does not wait)")
+            time.sleep(0.02)
+        return ""
+
     def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
+        not_ready = self._wait_for_controller()
+        if not_ready:
+            return not_ready
         timeout = self.cfg.reset_timeout
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
