@@ -244,3 +244,42 @@ def test_execution_noise_perturbs_the_states_not_the_labels(tmp_path: Path):
         del info["collection"][key]                             # as written before the option
     (tmp_path / "info.json").write_text(json.dumps(info))
     assert collect(tmp_path, base, [0], workers=1, progress=False) == []
+
+
+def test_merge_links_the_sources_and_refuses_what_does_not_fit(tmp_path: Path):
+    import json
+
+    from grrl_trainer.data.cli import main as grrl_data
+    from grrl_trainer.data.merge import merge_datasets
+
+    def dataset(name: str, seeds, **collection) -> Path:
+        root = tmp_path / name
+        for s in seeds:
+            write_episode(episode_path(root, s), record(s, 6, True, images=False))
+        info = {"schema_version": 1, "fps": 10.0, "images": False, "image_size": 128,
+                "cameras": list(keys.CAMERAS), "joint_names": [], "collection": collection}
+        (root / "info.json").write_text(json.dumps(info))
+        return root
+    clean, dart = dataset("clean", [0, 1]), dataset("dart", [2, 3, 4], execution_noise_std=0.005)
+    assert grrl_data(["merge", str(clean), str(dart), "--out", str(tmp_path / "both")]) == 0
+    both = EpisodeDataset(tmp_path / "both")
+    assert sorted(m["seed"] for m in both.episodes) == [0, 1, 2, 3, 4]
+    assert (tmp_path / "both" / "episodes" / "ep_000002.h5").is_symlink()
+    info = json.loads((tmp_path / "both" / "info.json").read_text())
+    assert [(m["path"], m["episodes"]) for m in info["merged_from"]] == [("../clean", 2),
+                                                                         ("../dart", 3)]
+    assert info["merged_from"][1]["collection"] == {"execution_noise_std": 0.005}
+    # the same seed twice, other contents, an existing target: refused, with the reason
+    with pytest.raises(DatasetError, match="ep_000001.h5 is in both"):
+        merge_datasets(tmp_path / "m1", [clean, dataset("again", [1])])
+    other = dataset("images", [7])
+    info = json.loads((other / "info.json").read_text())
+    (other / "info.json").write_text(json.dumps({**info, "fps": 5.0}))
+    with pytest.raises(DatasetError, match=r"differs .* in \['fps'\]"):
+        merge_datasets(tmp_path / "m2", [clean, other])
+    with pytest.raises(DatasetError, match="exists already"):
+        merge_datasets(tmp_path / "both", [clean, dart])
+    # copies stand alone
+    merge_datasets(tmp_path / "copied", [clean, dart], copy=True)
+    assert not (tmp_path / "copied" / "episodes" / "ep_000002.h5").is_symlink()
+    assert len(EpisodeDataset(tmp_path / "copied")) == 5

@@ -1,8 +1,10 @@
-"""``grrl-data``: collect demonstrations, inspect a dataset, convert recorded episodes.
+"""``grrl-data``: collect demonstrations, inspect a dataset, convert recorded episodes, merge
+datasets.
 
     grrl-data collect --out data/demos --episodes 300 --workers 2
     grrl-data inspect --data data/demos --plot data/demos/inspect.png
     grrl-data convert .ros/episodes/ep-* --out data/ros_demos
+    grrl-data merge data/clean data/dart --out data/clean_dart
 """
 from __future__ import annotations
 
@@ -155,6 +157,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0 if done == len(args.records) else 1
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from grrl_trainer.data.merge import merge_datasets
+
+    try:
+        n = merge_datasets(Path(args.out), [Path(s) for s in args.sources], copy=args.copy)
+    except DatasetError as exc:
+        print(f"grrl-data merge: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {n} episodes from {len(args.sources)} datasets")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="grrl-data", description=__doc__.splitlines()[0])
@@ -177,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(v, CollectConfig(), skip=CONVERT_SKIP)
     v.add_argument("--quiet", action="store_true", help="no line per converted record")
     v.set_defaults(func=cmd_convert)
+    m = sub.add_parser("merge", help="one dataset out of several (links to their episodes)")
+    m.add_argument("sources", nargs="+", help="dataset directories (disjoint seeds)")
+    m.add_argument("--out", required=True, help="the new dataset directory")
+    m.add_argument("--copy", action="store_true", help="copy the episode files instead of "
+                   "linking them")
+    m.set_defaults(func=cmd_merge)
     args = parser.parse_args(argv)
     if args.cmd == "inspect":
         given = {d for d in (args.data, args.dataset) if d}
