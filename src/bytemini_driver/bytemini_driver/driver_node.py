@@ -159,7 +159,8 @@ class DriverNode(LifecycleNode):
         # raw: a command's size is checked before it is deserialised
         self.sub_cmd = self.create_subscription(JointTrajectory,
                                                 "bytemini/command/joint_trajectory",
-                                                self._guarded(self.on_command_bytes), COMMAND_QOS, raw=True)
+                                                self._guarded(self.on_command_bytes), COMMAND_QOS,
+                                                raw=True)
         self.srv_reset = self.create_service(ResetScene, "bytemini/reset_scene",
                                              self._guarded_reset)
         self.servo = CartesianServo()
@@ -254,33 +255,23 @@ class DriverNode(LifecycleNode):
         n_max = int(self.params["max_trajectory_points"])
         limit = n_max * (4 * 8 * len(self.names) + 64) + 16384
         if len(data) > limit:
-            self.get_logger().error(f"rejected command of {len(data)} bytes, holding position: "
-                                    f"larger than any trajectory of at most {n_max} points "
-                                    f"({limit} bytes; parameter max_trajectory_points)")
-            with self.lock:
-                self.follower.hold(self.target)
-                self.servo.clear()
+            self._refuse(f"rejected command of {len(data)} bytes, holding position: larger than "
+                         f"any trajectory of at most {n_max} points ({limit} bytes; parameter "
+                         "max_trajectory_points)")
             return
         with self.lock:
             if self.commands_pending >= MAX_PENDING_COMMANDS:
-                self.get_logger().error("rejected command, holding position: trajectory "
-                                        "commands arrive faster than they can be checked",
-                                        throttle_duration_sec=1.0)
-                self.follower.hold(self.target)
-                self.servo.clear()
+                self._refuse("rejected command, holding position: trajectory commands arrive "
+                             "faster than they can be checked")
                 return
             self.commands_pending += 1
         self.command_pool.submit(self._command_from_bytes, data)
 
     def _command_from_bytes(self, data: bytes) -> None:
-        """(on the command thread) deserialise, check and start a trajectory; never raises"""
+        """(on the command thread) deserialise, check and start a trajectory; never raises
+        (undecodable bytes are a refusal like any other)"""
         try:
-            self._guarded(self.on_command)(deserialize_message(data, JointTrajectory))
-        except Exception as exc:  # noqa: BLE001 - undecodable bytes are a refusal too
-            self.get_logger().error(f"rejected an undecodable command, holding: {exc!r}")
-            with self.lock:
-                self.follower.hold(self.target)
-                self.servo.clear()
+            self._guarded(lambda d: self.on_command(deserialize_message(d, JointTrajectory)))(data)
         finally:
             with self.lock:
                 self.commands_pending -= 1
@@ -303,10 +294,7 @@ class DriverNode(LifecycleNode):
                                else None) for p in msg.points]
             traj = validate(list(msg.joint_names), points, self.limits, start=start)
         except TrajectoryError as exc:
-            self.get_logger().error(f"rejected command, holding position: {exc}")
-            with self.lock:
-                self.follower.hold(self.target)
-                self.servo.clear()
+            self._refuse(f"rejected command, holding position: {exc}")
             return
         with self.lock:
             now = self.now_s()
@@ -319,10 +307,8 @@ class DriverNode(LifecycleNode):
             self.get_logger().warn("tcp command ignored: driver not active")
             return
         if msg.header.frame_id not in ("", "base_link"):
-            self.get_logger().error(f"rejected {side} tcp command in frame "
-                                    f"'{msg.header.frame_id}' (expected base_link), holding")
-            self.follower.hold(self.target)
-            self.servo.clear()
+            self._refuse(f"rejected {side} tcp command in frame '{msg.header.frame_id}' "
+                         "(expected base_link), holding")
             return
         import mujoco
 
@@ -334,9 +320,7 @@ class DriverNode(LifecycleNode):
             f"orientation quaternion of norm {np.linalg.norm(quat):.4g} (a rotation has norm 1)"
             if abs(np.linalg.norm(quat) - 1.0) >= 1e-3 else "")
         if bad:
-            self.get_logger().error(f"rejected {side} tcp command, holding: {bad}")
-            self.follower.hold(self.target)
-            self.servo.clear()
+            self._refuse(f"rejected {side} tcp command, holding: {bad}")
             return
         mujoco.mju_quat2Mat(R, quat)
         T[:3, :3] = R.reshape(3, 3)
@@ -345,9 +329,7 @@ class DriverNode(LifecycleNode):
         try:
             self.servo.set_target(side, T)
         except PoseError as exc:
-            self.get_logger().error(f"rejected {side} tcp command, holding: {exc}")
-            self.follower.hold(self.target)
-            self.servo.clear()
+            self._refuse(f"rejected {side} tcp command, holding: {exc}")
             return
         self.follower.hold(self.target)
         self.last_command_time = self.now_s()
@@ -389,12 +371,16 @@ class DriverNode(LifecycleNode):
                 else:
                     callback(msg)
             except Exception as exc:  # noqa: BLE001 - a bad message must never end the driver
-                self.get_logger().error(f"refused a message that raised {exc!r}; holding")
-                with self.lock:
-                    if self.driver is not None:
-                        self.follower.hold(self.target)
-                        self.servo.clear()
+                self._refuse(f"refused a message that raised {exc!r}; holding")
         return run
+
+    def _refuse(self, reason: str) -> None:
+        """Log why an input was refused and hold where the robot is."""
+        self.get_logger().error(reason)
+        with self.lock:
+            if self.driver is not None:
+                self.follower.hold(self.target)
+                self.servo.clear()
 
     def _guarded_reset(self, request: ResetScene.Request, response: ResetScene.Response
                        ) -> ResetScene.Response:

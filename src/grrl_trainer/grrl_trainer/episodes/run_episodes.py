@@ -19,7 +19,8 @@ from rclpy.node import Node
 
 from grrl_interfaces.action import RunEpisode
 from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
-from grrl_tools.node_main import READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal, init_with_stop_signal
+from grrl_tools.node_main import (READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal,
+                                  init_with_stop_signal)
 from std_msgs.msg import String
 
 
