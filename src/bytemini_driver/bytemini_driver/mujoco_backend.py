@@ -86,7 +86,8 @@ class MujocoDriver(RobotDriver):
         if unknown:
             raise ValueError(f"unknown scene option(s) {sorted(unknown)}; known: end_side, "
                              f"eyelet_side, eyelet_index")
-        task: dict[str, Any] = {k: options[k] for k in ("end_side", "eyelet_side") if options.get(k)}
+        task: dict[str, Any] = {k: options[k] for k in ("end_side", "eyelet_side")
+                                if options.get(k)}
         if options.get("eyelet_index"):
             try:
                 task["eyelet_index"] = int(options["eyelet_index"])

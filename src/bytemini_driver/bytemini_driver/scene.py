@@ -170,7 +170,8 @@ def sample_scene(seed: int, config: SceneConfig | None = None, mirrored: bool = 
     yaw = rng.uniform(-0.15, 0.15)
     rgba = tuple(float(c) for c in rng.uniform(0.15, 0.9, 3)) + (1.0,)
     # the choices are always drawn, so that fixing one leaves the rest of the seed's scene as is
-    drawn_end, drawn_eyelet_side = str(rng.choice(["left", "right"])), str(rng.choice(["left", "right"]))
+    drawn_end = str(rng.choice(["left", "right"]))
+    drawn_eyelet_side = str(rng.choice(["left", "right"]))
     drawn_index = int(rng.integers(config.eyelets_per_side))
     end_side = end_side or drawn_end
     eyelet_side = eyelet_side or drawn_eyelet_side
