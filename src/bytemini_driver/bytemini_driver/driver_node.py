@@ -10,7 +10,14 @@ Topics (relative, so a namespace per robot works):
   bytemini/command/{left,right}/tcp_pose (PoseStamped in base_link: task-space servoing),
   bytemini/command/{left,right}/gripper (Float64: finger opening in m),
   bytemini/sim/task_state (TaskState, simulators), /clock (simulators),
+  bytemini/sim/step_ack (StepAck, subscribed: the controllers' answers in lock-step),
   service bytemini/reset_scene (ResetScene).
+
+Simulated time: in lock-step (``lockstep``, the default for simulators) the driver publishes
+the observation of time t and advances one control period only when every controller has
+answered t and its commands have arrived (:mod:`bytemini_driver.lockstep`); the
+``real_time_factor`` is then the fastest it may go. With ``lockstep:=false``, or when no
+controller answers on the step-ack topic, it runs on the wall clock at ``real_time_factor``.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from grrl_tools.image_codec import encode_raw
 from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, stamp_ns
 from grrl_tools.node_main import run_node
+from bytemini_driver.lockstep import StepGate
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
-from grrl_interfaces.msg import TaskState
+from grrl_interfaces.msg import StepAck, TaskState
 from grrl_interfaces.srv import ResetScene
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -76,7 +85,16 @@ class DriverNodeConfig:
     publish_images: bool = True
     """publish camera images (off: state-only policies, faster simulation)"""
     real_time_factor: float = 1.0
-    """simulated seconds per wall-clock second"""
+    """simulated seconds per wall-clock second (in lock-step: the most; it slows down when a
+    controller or the machine cannot keep up)"""
+    lockstep: bool = True
+    """simulators: advance past an observation only when every controller has answered it
+    (bytemini/sim/step_ack), so that an episode is the same on a busy machine; false: run on
+    the wall clock (real-time demos)"""
+    lockstep_timeout: float = 5.0
+    """wall seconds an observation waits for its answers before the simulation goes on"""
+    start_timeout: float = 30.0
+    """wall seconds a scene reset with start_paused waits at t = 0 for a controller to act"""
     watchdog_timeout: float = 1.0
     """hold the arms when no command came for this long (s)"""
     seed: int = 0
@@ -88,7 +106,7 @@ class DriverNodeConfig:
     a longer one is refused unread"""
 
 
-MAX_PENDING_COMMANDS = 4
+MAX_PENDING_COMMANDS = 8
 """trajectory commands waiting to be checked; more are refused (a flood must not queue up)"""
 
 
@@ -156,6 +174,12 @@ class DriverNode(LifecycleNode):
         self.pub_task = self.create_lifecycle_publisher(TaskState, "bytemini/sim/task_state", 10)
         self.pub_clock = self.create_lifecycle_publisher(Clock, "/clock", 10) \
             if self.driver.simulated else None
+        self.gate = StepGate(float(p["lockstep_timeout"]), float(p["start_timeout"])) \
+            if self.driver.simulated and bool(p["lockstep"]) else None
+        self.ack_topic = self.resolve_topic_name(STEP_ACK_TOPIC)
+        self.sub_ack = self.create_subscription(
+            StepAck, STEP_ACK_TOPIC, self._guarded(self.on_ack, locked=True), STEP_ACK_QOS) \
+            if self.gate is not None else None
         # raw: a command's size is checked before it is deserialised
         self.sub_cmd = self.create_subscription(JointTrajectory,
                                                 "bytemini/command/joint_trajectory",
@@ -166,12 +190,12 @@ class DriverNode(LifecycleNode):
         self.servo = CartesianServo()
         self.sub_task_space = [self.create_subscription(
             PoseStamped, f"bytemini/command/{side}/tcp_pose",
-            self._guarded(lambda msg, s=side: self.on_tcp_command(s, msg), locked=True),
-            COMMAND_QOS) for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_tcp_command(s, msg), locked=True,
+                          command=True), COMMAND_QOS) for side in desc.SIDES]
         self.sub_task_space += [self.create_subscription(
             Float64, f"bytemini/command/{side}/gripper",
-            self._guarded(lambda msg, s=side: self.on_gripper(s, msg), locked=True),
-            COMMAND_QOS) for side in desc.SIDES]
+            self._guarded(lambda msg, s=side: self.on_gripper(s, msg), locked=True,
+                          command=True), COMMAND_QOS) for side in desc.SIDES]
         self.get_logger().info(f"configured backend '{p['backend']}'")
         return TransitionCallbackReturn.SUCCESS
 
@@ -187,7 +211,9 @@ class DriverNode(LifecycleNode):
         self.last_command_time = -math.inf
         rtf = float(self.params["real_time_factor"])
         self.timer = self.create_timer(self.dt / rtf, self.on_tick)
-        self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor {rtf}")
+        mode = "lock-step with its controllers" if self.gate is not None else "on the wall clock"
+        self.get_logger().info(f"active: control {1 / self.dt:.0f} Hz, real-time factor {rtf}, "
+                               f"{mode}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -226,10 +252,11 @@ class DriverNode(LifecycleNode):
         for sub in getattr(self, "sub_task_space", []):
             self.destroy_subscription(sub)
         self.sub_task_space = []
-        for name in ("sub_cmd", "srv_reset"):
+        for name in ("sub_cmd", "sub_ack", "srv_reset"):
             handle = getattr(self, name, None)
             if handle is not None:
-                (self.destroy_subscription if name == "sub_cmd" else self.destroy_service)(handle)
+                (self.destroy_service if name == "srv_reset" else self.destroy_subscription)(
+                    handle)
                 setattr(self, name, None)
         for name in ("pub_js", "pub_task", "pub_clock"):
             pub = getattr(self, name, None)
@@ -258,11 +285,13 @@ class DriverNode(LifecycleNode):
             self._refuse(f"rejected command of {len(data)} bytes, holding position: larger than "
                          f"any trajectory of at most {n_max} points ({limit} bytes; parameter "
                          "max_trajectory_points)")
+            self._handled()
             return
         with self.lock:
             if self.commands_pending >= MAX_PENDING_COMMANDS:
                 self._refuse("rejected command, holding position: trajectory commands arrive "
                              "faster than they can be checked")
+                self._handled()
                 return
             self.commands_pending += 1
         self.command_pool.submit(self._command_from_bytes, data)
@@ -275,6 +304,18 @@ class DriverNode(LifecycleNode):
         finally:
             with self.lock:
                 self.commands_pending -= 1
+                self._handled()
+
+    def _handled(self) -> None:
+        """A command reached the driver (accepted or refused): lock-step counts it."""
+        with self.lock:
+            if self.gate is not None:
+                self.gate.command_handled()
+
+    def on_ack(self, msg: StepAck) -> None:
+        if self.gate is not None:
+            self.gate.answered(stamp_ns(msg.header.stamp), msg.controller, msg.acting,
+                               msg.commands)
 
     def on_command(self, msg: JointTrajectory) -> None:
         if self.driver is None or self.timer is None:
@@ -360,9 +401,10 @@ class DriverNode(LifecycleNode):
         self.follower.start(traj, now, self.target)
         self.last_command_time = now
 
-    def _guarded(self, callback, locked: bool = False):
+    def _guarded(self, callback, locked: bool = False, command: bool = False):
         """``callback`` with any exception turned into a logged refusal and a hold: no message
-        may kill the driver; ``locked``: all of it under the state lock (fixed-size messages)."""
+        may kill the driver; ``locked``: all of it under the state lock (fixed-size messages);
+        ``command``: the message is a command (lock-step counts it, whatever its fate)."""
         def run(msg) -> None:
             try:
                 if locked:
@@ -372,6 +414,9 @@ class DriverNode(LifecycleNode):
                     callback(msg)
             except Exception as exc:  # noqa: BLE001 - a bad message must never end the driver
                 self._refuse(f"refused a message that raised {exc!r}; holding")
+            finally:
+                if command:
+                    self._handled()
         return run
 
     def _refuse(self, reason: str) -> None:
@@ -417,12 +462,21 @@ class DriverNode(LifecycleNode):
         response.instruction = info.instruction
         response.scene_parameters = [KeyValue(key=k, value=v) for k, v in info.parameters.items()]
         self.get_logger().info(f"scene reset (seed {request.seed}): {info.instruction}")
-        self._publish_task()
+        # the scene's first observation (t = 0, camera frames included): in lock-step with
+        # start_paused the scene waits here until a controller acts on it
+        self.tick = 0
+        self._observe(self.driver, bool(request.start_paused))
         return response
 
     # ---------------------------------------------------------------------- loop
     def on_tick(self) -> None:
         with self.lock:
+            if self.gate is not None and self.driver is not None:
+                go, why = self.gate.ready(self.count_publishers(self.ack_topic))
+                if why:
+                    self.get_logger().warn(f"lock-step: {why}")
+                if not go:
+                    return
             self._locked_tick()
 
     def _locked_tick(self) -> None:
@@ -456,17 +510,31 @@ class DriverNode(LifecycleNode):
             self.target = self.servo.step(self.target, self.dt)
             self.follower.hold(self.target)
         else:
-            self.target = self.follower.sample(now, self.target)
+            # the set-point of the period [now, now + dt] is the command's value at its end: a
+            # command answering the observation of now moves the robot in this very period
+            self.target = self.follower.sample(now + self.dt, self.target)
         drv.command(self.target)
         drv.advance(self.dt)
         self.tick += 1
+        self._observe(drv)
+
+    def _observe(self, drv: RobotDriver, start: bool = False) -> None:
+        """Publish the observation of now: clock, camera frames when due, tcp poses, task
+        state, and the joint state last (the controllers' trigger); lock-step then waits on
+        it (``start``: until a controller acts on the scene)."""
         stamp = to_time(self.now_s())
+        if self.gate is not None:
+            self.gate.observed(stamp_ns(stamp), start)
         if self.pub_clock is not None:
             self.pub_clock.publish(Clock(clock=stamp))
-        q, v = drv.joint_state()
-        js = JointState(name=self.names, position=q.tolist(), velocity=v.tolist())
-        js.header.stamp = stamp
-        self.pub_js.publish(js)
+        if self.tick % self.camera_every == 0:
+            for cam, img in drv.images().items():
+                enc, h, w, step, data = encode_raw(img)
+                msg = Image(encoding=enc, height=h, width=w, step=step, data=data)
+                msg.header.stamp = stamp
+                msg.header.frame_id = desc.camera_optical_frame(cam)
+                self.pub_img[cam].publish(msg)
+                self.pub_info[cam].publish(self._camera_info(cam, msg.header, h, w))
         for side, T in drv.tcp_poses().items():
             ps = PoseStamped()
             ps.header.stamp, ps.header.frame_id = stamp, "base_link"
@@ -476,14 +544,10 @@ class DriverNode(LifecycleNode):
             ps.pose.orientation.z, ps.pose.orientation.w = z, w
             self.pub_tcp[side].publish(ps)
         self._publish_task(stamp)
-        if self.tick % self.camera_every == 0:
-            for cam, img in drv.images().items():
-                enc, h, w, step, data = encode_raw(img)
-                msg = Image(encoding=enc, height=h, width=w, step=step, data=data)
-                msg.header.stamp = stamp
-                msg.header.frame_id = desc.camera_optical_frame(cam)
-                self.pub_img[cam].publish(msg)
-                self.pub_info[cam].publish(self._camera_info(cam, msg.header, h, w))
+        q, v = drv.joint_state()
+        js = JointState(name=self.names, position=q.tolist(), velocity=v.tolist())
+        js.header.stamp = stamp
+        self.pub_js.publish(js)
 
     def _camera_info(self, cam: str, header, h: int, w: int) -> CameraInfo:
         info = CameraInfo(height=h, width=w, distortion_model="plumb_bob", d=[0.0] * 5)

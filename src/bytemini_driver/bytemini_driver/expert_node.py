@@ -4,7 +4,9 @@ During an episode (between STARTED and the end on ``grrl/episode``) it reads the
 and the simulator's ground-truth lace (``bytemini/sim/task_state``), runs
 :class:`~bytemini_driver.expert.ScriptedExpert` once per joint-state message (the control
 rate) and publishes a one-point ``JointTrajectory`` (positions and velocities) reaching the
-next target one control period later.
+next target one control period later. It acts on a joint state together with the task state
+of the same instant (the driver publishes that first) and answers every joint state on
+``bytemini/sim/step_ack`` after its command, so that a lock-step simulator waits for it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
 from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.lockstep import StepAcker, stamp_ns
 from grrl_tools.node_main import announce_ready, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
@@ -66,10 +69,14 @@ class ExpertNode(Node):
             depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
             reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(JointState, "bytemini/joint_states", self.on_joints, 10)
+        self.acker = StepAcker(self)
+        self.joints: JointState | None = None
+        self.answered: tuple[int, int | None] | None = None
         self.ready_pub = announce_ready(self)
 
     def on_task(self, msg: TaskState) -> None:
         self.task = msg
+        self._answer()
 
     def on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_STARTED:
@@ -80,21 +87,44 @@ class ExpertNode(Node):
                            EpisodeEvent.EVENT_INVALID):
             self.active_seed = None
             self.running = False
+        self._answer()              # the scene's first observation may be here already
 
     def on_joints(self, msg: JointState) -> None:
-        if self.active_seed is None or self.task is None:
+        # the previous joint state still waited for its task state: do not wait again
+        stalled = self.joints is not None and self._key(self.joints) != self.answered
+        self.joints = msg
+        self._answer(force=stalled)
+
+    def _key(self, msg: JointState) -> tuple[int, int | None]:
+        return stamp_ns(msg.header.stamp), self.active_seed
+
+    def _answer(self, force: bool = False) -> None:
+        """Act on the newest joint state once (per episode) and answer it."""
+        msg = self.joints
+        if msg is None or self._key(msg) == self.answered:
             return
+        if not force and (self.task is None or
+                          stamp_ns(self.task.header.stamp) < stamp_ns(msg.header.stamp)):
+            return                      # the task state of this instant is on its way
+        self.answered = self._key(msg)
+        sent = self._act(msg)
+        self.acker.ack(msg.header.stamp, self.running, sent)
+
+    def _act(self, msg: JointState) -> int:
+        """The expert's command for this joint state, if it acts: the number published."""
+        if self.active_seed is None or self.task is None:
+            return 0
         st = self.task
         if list(msg.name) != self.names:
             order = {n: i for i, n in enumerate(msg.name)}
             if not all(n in order for n in self.names):
-                return
+                return 0
             q = np.array([msg.position[order[n]] for n in self.names])
         else:
             q = np.asarray(msg.position, float)
         if not self.running:
             if st.seed != self.active_seed or st.scene_seq == self.used_scene:
-                return  # still the previous scene
+                return 0  # still the previous scene
             self.used_scene = st.scene_seq
             c, d = st.eyelet_center, st.threading_direction
             extra = {"seed": int(st.seed)} if self.flawed else {}
@@ -104,13 +134,13 @@ class ExpertNode(Node):
             self.running = True
             self.last_stamp = None
         if self.expert.done:
-            return
+            return 0
         lace = np.array([[p.x, p.y, p.z] for p in st.lace])
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         dt = self.dt if self.last_stamp is None else min(max(stamp - self.last_stamp, 0.0), 0.2)
         self.last_stamp = stamp
         if dt <= 0.0:
-            return
+            return 0
         target = self.expert.act(lace, q, dt)
         if self.flawed and len(self.expert.flaws.retry_keyframes) > self.labelled:
             self.labelled += 1                    # annotate the retry, as an operator would
@@ -123,6 +153,7 @@ class ExpertNode(Node):
                                                         self.vmax).tolist(),
                                      time_from_start=Duration(sec=0, nanosec=int(dt * 1e9)))
         self.pub.publish(JointTrajectory(joint_names=self.names, points=[point]))
+        return 1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,11 @@ accelerations), plus ``grrl/checkpoint_status`` (LOADED / REFUSED with the reaso
 
 Control flow: every joint state (the control clock) checks whether a re-plan is due
 (receding horizon: after ``execute_steps`` chunk steps); if so, a snapshot of the inputs goes
-to an inference thread, so the executor never waits on the model. The snapshot must be
+to an inference thread, so the executor never waits on the model. A state model waits for the
+task state of the joint state's instant (the driver publishes it first; if it has not come by
+the next joint state, that one goes on with what there is). Every joint state is answered on
+``bytemini/sim/step_ack`` once handled (after the trajectory it led to, if any): a lock-step
+simulator advances only then, so an episode does not depend on how fast this node runs. The snapshot must be
 complete, fresh (``max_staleness`` wall seconds) and synchronised (camera or task-state stamps
 within ``sync_slop`` of the joint state; the task state must be of the episode's scene);
 otherwise, and on any model or optimizer failure, the node logs the reason and commands a stop
@@ -49,6 +53,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.image_codec import ImageError, decode_raw
+from grrl_tools.lockstep import StepAcker, stamp_ns
 from grrl_tools.node_main import announce_ready, run_node
 
 from .checkpoint import CheckpointError
@@ -82,6 +87,10 @@ class Latest:
     stamp: float = float("nan")
     arrived: float = float("-inf")
     error: str = ""
+    ns: int = -1
+    """the stamp in integer nanoseconds (exact, for matching)"""
+    time: object = None
+    """the header stamp itself (the step answered)"""
 
 
 @dataclass
@@ -94,6 +103,8 @@ class Snapshot:
     errors: list[str] = field(default_factory=list)
     task: TaskState | None = None
     """the simulator state the observation is built from (state models)"""
+    stamp: object = None
+    """the joint state's header stamp (the observation this decision answers)"""
 
 
 @dataclass
@@ -146,6 +157,8 @@ class PolicyNode(Node):
         self.task = Latest()
         self.joints = Latest()
         self.episode: EpisodeEvent | None = None
+        self.answered: tuple[int, str] | None = None
+        """(joint-state stamp, episode id) last answered"""
         self.busy = False
         self.holding = False
         self.last_reason = ""
@@ -155,6 +168,7 @@ class PolicyNode(Node):
         self.pub_cmd = self.create_publisher(JointTrajectory, "bytemini/command/joint_trajectory", COMMAND_QOS)
         self.pub_chunk = self.create_publisher(ActionChunk, "grrl/action_chunk", 10)
         self.pub_status = self.create_publisher(CheckpointInfo, "grrl/checkpoint_status", LATCHED)
+        self.acker = StepAcker(self)
         if self.state_obs:
             self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10)
         else:
@@ -186,9 +200,11 @@ class PolicyNode(Node):
             self.images[cam] = entry
 
     def on_task(self, msg: TaskState) -> None:
-        entry = Latest(value=msg, arrived=time.monotonic(), stamp=stamp_s(msg.header.stamp))
+        entry = Latest(value=msg, arrived=time.monotonic(), stamp=stamp_s(msg.header.stamp),
+                       ns=stamp_ns(msg.header.stamp))
         with self.lock:
             self.task = entry
+        self._answer()
 
     def on_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_STARTED:
@@ -197,6 +213,7 @@ class PolicyNode(Node):
                 # IK posture: the joints at the episode's first chunk; noise seeded by the scene
                 self.controller.start_episode(msg.seed)
             self.get_logger().info(f"episode {msg.episode_id}: acting on '{msg.instruction}'")
+            self._answer()          # the scene's first observation may be here already
         elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
                            EpisodeEvent.EVENT_INVALID):
             with self.lock:
@@ -207,8 +224,8 @@ class PolicyNode(Node):
                 self.hold("episode ended")
 
     def on_joints(self, msg: JointState) -> None:
-        now = time.monotonic()
-        entry = Latest(arrived=now, stamp=stamp_s(msg.header.stamp))
+        entry = Latest(arrived=time.monotonic(), stamp=stamp_s(msg.header.stamp),
+                       ns=stamp_ns(msg.header.stamp), time=msg.header.stamp)
         order = {n: i for i, n in enumerate(msg.name)}
         if not all(n in order for n in self.names) or len(msg.position) != len(msg.name):
             entry.error = "joint state lacks joints " + \
@@ -216,12 +233,35 @@ class PolicyNode(Node):
         else:
             entry.value = np.array([msg.position[order[n]] for n in self.names], float)
         with self.lock:
+            # the previous joint state still waited for its task state: do not wait again
+            stalled = not self.busy and self.joints.time is not None and \
+                self._key(self.joints) != self.answered
             self.joints = entry
-            if self.episode is None or self.busy or not self.controller.due(entry.stamp):
+        self._answer(force=stalled)
+
+    def _key(self, joints: Latest) -> tuple[int, str]:
+        return joints.ns, self.episode.episode_id if self.episode is not None else ""
+
+    def _answer(self, force: bool = False) -> None:
+        """Handle the newest joint state once (per episode): a due re-plan goes to the
+        inference thread, which answers after publishing; anything else is answered now."""
+        with self.lock:
+            j = self.joints
+            if j.time is None or self.busy or self._key(j) == self.answered:
                 return
-            self.busy = True
-            snap = self._snapshot(now)
-        self.infer_pool.submit(self._run, snap)
+            if self.state_obs and self.task.ns < j.ns and not force:
+                return                 # the task state of this instant is on its way
+            self.answered = self._key(j)
+            acting = self.episode is not None
+            if acting and self.controller.due(j.stamp):
+                self.busy = True
+                snap = self._snapshot(time.monotonic())
+            else:
+                snap = None
+        if snap is None:
+            self.acker.ack(j.time, acting)
+        else:
+            self.infer_pool.submit(self._run, snap)
 
     def _snapshot(self, now: float) -> Snapshot:
         """Called with the lock held: everything the inference needs, with what is wrong."""
@@ -257,12 +297,13 @@ class PolicyNode(Node):
             else:
                 task = t.value
         return Snapshot(images, j.value, j.stamp, self.episode.instruction, self.episode.episode_id,
-                        errors, task)
+                        errors, task, j.time)
 
     # ---------------------------------------------------------------- inference thread
     def _run(self, snap: Snapshot) -> None:
         if self.closing:
             return
+        sent = 0
         try:
             state = state_from_task_state(snap.task) if snap.task is not None else None
             obs = Observation(snap.q, snap.t_obs, snap.instruction,
@@ -275,16 +316,20 @@ class PolicyNode(Node):
                 command = self.controller.plan(inference, self.joints.stamp)
                 self.holding = False
             self._publish(snap, inference, command)
+            sent = 1
             if self.last_reason:
                 self.get_logger().info(f"acting again (was holding: {self.last_reason})")
                 self.last_reason = ""
         except (HoldError, ValueError) as e:
-            self.hold(str(e))
+            sent = self.hold(str(e))
         except Exception as e:  # noqa: BLE001 - the command path must never die: hold
-            self.hold(f"inference failed: {e!r}")
+            sent = self.hold(f"inference failed: {e!r}")
         finally:
             with self.lock:
                 self.busy = False
+            if not self.closing:
+                self.acker.ack(snap.stamp, True, sent)
+                self._answer()          # joint states that came meanwhile (free-running)
 
     def _publish(self, snap: Snapshot, inference: Inference, command: Command) -> None:
         cfg, chunk = self.policy.config, inference.chunk
@@ -310,20 +355,23 @@ class PolicyNode(Node):
             traj.points.append(point)
         return traj
 
-    def hold(self, reason: str) -> None:
-        """Log why, and stop smoothly where the current plan is (once per failure streak)."""
+    def hold(self, reason: str) -> int:
+        """Log why, and stop smoothly where the current plan is (once per failure streak);
+        returns the number of commands published (0 or 1)."""
         if self.closing:
-            return
+            return 0
         if reason != self.last_reason:
             self.get_logger().warn(f"holding: {reason}")
             self.last_reason = reason
         with self.lock:
             if self.holding:
-                return
+                return 0
             self.holding = True
             command = self.controller.hold(self.joints.stamp)
-        if command is not None:     # else nothing was commanded: the driver holds by itself
-            self.pub_cmd.publish(self._trajectory(command))
+        if command is None:         # nothing was commanded: the driver holds by itself
+            return 0
+        self.pub_cmd.publish(self._trajectory(command))
+        return 1
 
     # ---------------------------------------------------------------- checkpoints
     def on_checkpoint(self, msg: CheckpointInfo) -> None:

@@ -31,6 +31,10 @@ def test_monitor_stages_success_and_limits():
     f = EpisodeMonitor("ep", 10.0)
     f.update(0.0, 0, False, True, "physics fault: non-finite physics state")
     assert f.status == "invalid"
+    late = EpisodeMonitor("ep", 10.0)      # success first seen after the limit: a timeout
+    late.update(0.0, 3, False, False)
+    late.update(10.04, 4, True, False)
+    assert late.status == "timeout" and not late.success
 
 
 def test_recorder_writes_a_rosbag2_mcap_that_rosbags_reads(tmp_path: Path):

@@ -68,11 +68,11 @@ class EpisodeMonitor:
         if failed:
             invalid = reason.startswith("physics fault")
             self.finish(INVALID if invalid else FAILURE, reason)
-        elif success:
-            self.finish(SUCCESS, "task complete")
-        elif self.elapsed > self.time_limit:
+        elif self.elapsed > self.time_limit:   # a success after the limit is not one
             self.finish(TIMEOUT, f"time limit of {self.time_limit:.0f} s reached at stage "
                                  f"'{STAGE_NAMES[self.stage]}'")
+        elif success:
+            self.finish(SUCCESS, "task complete")
         return new
 
     def finish(self, status: str, message: str) -> None:

@@ -60,6 +60,10 @@ RECORD_TOPICS = {
 }
 
 
+def stamp_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def _import_type(name: str):
     pkg, _, cls = name.split("/")
     module = __import__(f"{pkg}.msg", fromlist=[cls])
@@ -114,6 +118,9 @@ class EpisodeNode(Node):
         self.task: TaskState | None = None
         self.sim_stamp = None       # the newest task state's stamp: the simulator's time
         self.failure: TaskState | None = None
+        self.changes: list[TaskState] = []
+        """task states where the stage or success changed, in order: the loop samples the
+        latest state, and a stage's time is the state where it changed, not a later one"""
         self.min_scene = 0
         self.task_wall = 0.0
         self.task_lock = threading.Lock()
@@ -220,6 +227,10 @@ class EpisodeNode(Node):
         with self.task_lock:
             if msg.scene_seq < self.min_scene:
                 return  # still the previous scene (queued before our reset)
+            prev = self.task
+            if prev is None or msg.stage != prev.stage or msg.success != prev.success or \
+                    msg.scene_seq != prev.scene_seq:
+                self.changes.append(msg)
             self.task = msg
             self.sim_stamp = msg.header.stamp
             self.task_wall = time.monotonic()
@@ -286,12 +297,12 @@ class EpisodeNode(Node):
 
     # ------------------------------------------------------------------ episode
     def _event(self, mon: EpisodeMonitor, event: int, goal: RunEpisode.Goal, seed: int,
-               instruction: str, record: str = "") -> None:
+               instruction: str, record: str = "", stamp=None) -> None:
         msg = EpisodeEvent(episode_id=mon.episode_id, event=event, stage=mon.stage,
                            stage_name=STAGE_NAMES[mon.stage], success=mon.success,
                            reward=mon.reward, seed=seed, instruction=instruction,
                            record_path=record, message=mon.message)
-        msg.header.stamp = self._stamp()
+        msg.header.stamp = stamp if stamp is not None else self._stamp()
         self.pub_event.publish(msg)
 
     def _stamp(self):
@@ -326,8 +337,9 @@ class EpisodeNode(Node):
         timeout = self.cfg.reset_timeout
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
+        # start_paused: a lock-step simulator holds the scene at t = 0 until the controller acts
         request = ResetScene.Request(seed=goal.seed, mirrored=goal.mirrored,
-                                     options=list(goal.options))
+                                     options=list(goal.options), start_paused=True)
         deadline = time.monotonic() + timeout
         # Right after discovery a response can be lost (the server's reply writer may not
         # have matched our reader yet); a reset is idempotent, so ask again.
@@ -346,9 +358,11 @@ class EpisodeNode(Node):
         return "reset_scene timed out"
 
     def _advance(self, mon: EpisodeMonitor, now: float, stage: int, success: bool,
-                 failed: bool, reason: str, goal: RunEpisode.Goal, instruction: str) -> None:
+                 failed: bool, reason: str, goal: RunEpisode.Goal, instruction: str,
+                 stamp=None) -> None:
         for new in mon.update(now, stage, success, failed, reason):
-            self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction)
+            self._event(mon, EpisodeEvent.EVENT_STAGE, goal, goal.seed, instruction,
+                        stamp=stamp)
             self.get_logger().info(f"{mon.episode_id}: stage '{STAGE_NAMES[new]}'")
 
     def execute(self, handle) -> RunEpisode.Result:
@@ -387,6 +401,7 @@ class EpisodeNode(Node):
         with self.task_lock:
             self.min_scene = prev_scene + 1   # only states of the new scene count
             self.task = self.sim_stamp = None
+            self.changes = []
             if self.failure is not None and self.failure.scene_seq < self.min_scene:
                 self.failure = None           # (a fault of this scene may already be here)
         record_path = ""
@@ -426,9 +441,20 @@ class EpisodeNode(Node):
             else:
                 with self.task_lock:
                     st = self.failure or self.task
+                    changes, self.changes = self.changes, []
                     silent = time.monotonic() - self.task_wall
                 if silent > state_timeout:
                     mon.finish(INVALID, f"no task state from the driver for {silent:.0f} s")
+                    break
+                for ch in changes:            # each at its own (simulated) time, in order
+                    if mon.done or (seen_scene is not None and ch.scene_seq != seen_scene):
+                        break
+                    seen_scene = ch.scene_seq if seen_scene is None else seen_scene
+                    if ch.seed == goal.seed:
+                        self._advance(mon, stamp_s(ch.header.stamp), ch.stage, ch.success,
+                                      ch.failed, ch.failure_reason, goal, instruction,
+                                      ch.header.stamp)
+                if mon.done:
                     break
             if st is not None:
                 if seen_scene is None:
@@ -436,7 +462,7 @@ class EpisodeNode(Node):
                 if (st.scene_seq != seen_scene or st.seed != goal.seed) and not st.failed:
                     mon.finish(CANCELLED, "the scene was reset during the episode")
                     break
-                now = st.header.stamp.sec + st.header.stamp.nanosec * 1e-9
+                now = stamp_s(st.header.stamp)
                 self._advance(mon, now, st.stage, st.success, st.failed, st.failure_reason,
                               goal, instruction)
             if mon.start_time is not None and mon.elapsed >= next_feedback:

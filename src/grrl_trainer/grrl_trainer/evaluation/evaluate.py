@@ -268,8 +268,8 @@ def _run_episode(controller: PolicyController, seed: int, cfg: EvalConfig, video
                         reason = f"command rejected: {e}"
                         break
                     follower.start(traj, t, target)
-            # ---- the driver's control tick
-            target = follower.sample(t, target)
+            # ---- the driver's control tick: the set-point of [t, t + dt] is the plan at its end
+            target = follower.sample(t + control_dt, target)
             sim.set_joint_targets(target)
             sim.step(n_sub)
             steps += 1

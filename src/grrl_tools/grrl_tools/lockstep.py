@@ -1,0 +1,39 @@
+"""Lock-step simulation, the controllers' side: answer every observation.
+
+A controller (the policy node, the scripted expert, an integrator's own) publishes one
+``grrl_interfaces/StepAck`` per observation it has handled on :data:`STEP_ACK_TOPIC`, after the
+commands it sends in answer to it: the stamp of the joint state answered, whether it acts in an
+episode of this scene, and how many commands it published. A driver in lock-step mode advances
+only when every controller has answered (see ``bytemini_driver.lockstep``); a controller that
+never acknowledges is not waited for, and the simulator then runs on the wall clock.
+"""
+from __future__ import annotations
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+STEP_ACK_TOPIC = "bytemini/sim/step_ack"
+"""grrl_interfaces/StepAck, relative (one per robot namespace)"""
+STEP_ACK_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def stamp_ns(stamp) -> int:
+    """Integer nanoseconds of a ``builtin_interfaces/Time`` (exact, for matching stamps)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class StepAcker:
+    """Publishes a node's answers; :meth:`ack` is thread-safe (an inference thread may call it)."""
+
+    def __init__(self, node: Node) -> None:
+        from grrl_interfaces.msg import StepAck
+
+        self._msg = StepAck
+        self.name = node.get_fully_qualified_name()
+        self.pub = node.create_publisher(StepAck, STEP_ACK_TOPIC, STEP_ACK_QOS)
+
+    def ack(self, stamp, acting: bool, commands: int = 0) -> None:
+        """Answer the observation stamped ``stamp`` (a ``builtin_interfaces/Time``)."""
+        msg = self._msg(controller=self.name, acting=bool(acting), commands=int(commands))
+        msg.header.stamp = stamp
+        self.pub.publish(msg)
