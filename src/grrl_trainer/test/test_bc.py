@@ -270,3 +270,48 @@ def test_bc_benchmark_measures_both_data_paths(data: Path, tmp_path: Path):
     rates = [bc_rate(data, tmp_path / path, path, {**NARROW, "horizon": 4}, 10, 8, 1)
              for path in ("windows", "arrays")]
     assert all(r > 0 for r in rates), rates
+
+
+def test_idle_steps_are_the_demonstrators_pauses():
+    from grrl_trainer.data.idle import idle_steps
+
+    T = 30
+    proprio = np.zeros((T, 20))
+    proprio[:, 0] = np.minimum(np.arange(T), 10) * 0.01        # moves 1 cm a step until t = 10,
+    proprio[20:, 0] = 0.1 + (np.arange(20, T) - 19) * 0.01     # pauses 10 steps, moves on
+    actions = np.roll(proprio, -1, axis=0)
+    actions[-1] = proprio[-1]
+    actions[10:20, 1] = 0.001 * np.sin(np.arange(10))          # jitter below the tolerance
+    idle = idle_steps(proprio, actions, window=3, tolerance=0.002)
+    # held still for the next 3 commands: t = 10..16 (at 17-19 the motion is in the window),
+    # and the last step, whose command is where the robot is
+    assert np.flatnonzero(idle).tolist() == list(range(10, 17)) + [T - 1]
+    actions[13, 9] = 0.03                                      # the gripper moves: not idle
+    assert not idle_steps(proprio, actions, 3, 0.002)[11:14].any()
+    joints = idle_steps(proprio[:, :16], actions[:, :16], 3, 0.002, space="joint")
+    assert joints[10] and not joints[5]
+    assert not idle_steps(proprio, actions, 0, 0.002).any()
+    with pytest.raises(ValueError, match="space"):
+        idle_steps(proprio, actions, 3, 0.002, space="polar")
+
+
+def test_drop_idle_steps_leaves_out_exactly_the_pauses(data: Path, monkeypatch):
+    from grrl_trainer.data import idle
+
+    ds = EpisodeDataset(data)
+    calls = []
+
+    def fake(proprio, actions, window, tolerance, space="task"):
+        calls.append((window, tolerance, space))
+        m = np.zeros(len(proprio), bool)
+        m[2:5] = True
+        return m
+    monkeypatch.setattr(bc, "idle_steps", fake)
+    keep = bc.bc_keep(ds, cfg(drop_idle_steps=4, idle_tolerance=0.003), None)
+    assert set(keep) == {0, 1, 2} and all(keep[e].sum() == LENGTHS[e] - 3 for e in keep)
+    assert not any(keep[e][2:5].any() for e in keep)
+    assert calls[0][:2] == (4, 0.003)
+    both = bc.bc_keep(ds, cfg(drop_idle_steps=4, successful_only=True), None)
+    assert set(both) == {0, 2} and not both[0][2:5].any()
+    assert bc.bc_keep(ds, cfg(), None) is None
+    assert idle.TASK_POSITIONS.tolist() == [0, 1, 2, 10, 11, 12]

@@ -43,8 +43,10 @@ import torch
 
 from grrl_tools.config_cli import add_arguments, from_args
 from grrl_trainer.data.batches import apply_stats, model_stats
+from grrl_trainer import keys
 from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
-from grrl_trainer.data.windows import TransitionWindows, WindowConfig
+from grrl_trainer.data.idle import idle_steps
+from grrl_trainer.data.windows import TransitionWindows, WindowConfig, episode_task_arrays
 from grrl_trainer.offline import run_utils
 from grrl_trainer.data.arrays import EpisodeArrays
 from grrl_trainer.offline.run_utils import (ArrayBatches, Cadence, RunLog, _atomic_torch_save,
@@ -75,6 +77,13 @@ class BCConfig:
     """the data filter's .npz (episode, timestep, keep); required by the filtered variants only"""
     successful_only: bool = False
     """train on successful episodes only (otherwise on every recorded episode)"""
+    drop_idle_steps: int = 0
+    """leave out the samples at which the demonstrator holds still for the next N recorded
+    steps (grrl_trainer.data.idle: its hesitations, which a clone that sees only the present
+    learns as places to stay at); 0 = every sample"""
+    idle_tolerance: float = 0.002
+    """how close to the current pose the next commands must stay to count as holding still
+    (m in task space, rad in joint space)"""
     steps: int = 20000
     """optimizer steps in total (the cosine schedule spans them)"""
     batch_size: int = 256
@@ -242,11 +251,28 @@ def observation_mode(model_cfg) -> str:
 
 def bc_keep(dataset: EpisodeDataset, cfg: BCConfig, keep: dict[int, np.ndarray] | None
             ) -> dict[int, np.ndarray] | None:
-    """The filter ``keep`` restricted to successful episodes if ``cfg.successful_only``."""
+    """The filter ``keep`` restricted to successful episodes if ``cfg.successful_only``, and
+    without the demonstrator's pauses if ``cfg.drop_idle_steps``."""
     if cfg.successful_only:
         ok = {e: np.ones(int(m["n_steps"]), bool) for e, m in enumerate(dataset.episodes)
               if m["success"]}
         keep = ok if keep is None else {e: keep[e] & ok[e] for e in ok if e in keep}
+    if cfg.drop_idle_steps > 0:
+        space = cfg.model_config().action_space
+        episodes = range(len(dataset.episodes)) if keep is None else list(keep)
+        moving, dropped = {}, 0
+        for e in episodes:
+            if space == "task":
+                proprio, actions = episode_task_arrays(dataset, e)
+            else:
+                proprio, actions = dataset.load(e, keys.STATE_JOINTS), dataset.load(e, keys.ACTION_JOINTS)
+            idle = idle_steps(proprio, actions, cfg.drop_idle_steps, cfg.idle_tolerance, space)
+            before = np.ones(len(idle), bool) if keep is None else keep[e]
+            moving[e] = before & ~idle
+            dropped += int((before & idle).sum())
+        LOG.info("left out %d samples at which the demonstrator holds still for %d steps",
+                 dropped, cfg.drop_idle_steps)
+        keep = moving
     return keep
 
 
