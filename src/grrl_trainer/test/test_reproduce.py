@@ -52,6 +52,10 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     assert results["online"]["episodes"] == 2
     model, meta = load_checkpoint(str(shipped))
     assert model.cfg.name == "tiny-state-task" and model.cfg.action_space == "task"
+    # the BC rungs use the imitation recipe
+    bc_all, _ = load_checkpoint(str(out / "bc_all" / "policy"))
+    assert (bc_all.cfg.action_mode, bc_all.cfg.action_norm, bc_all.cfg.state_norm) == \
+        ("delta", "per_step", True)
     best = results["best_rung"]
     rates = {n: r["success_rate"] for n, r in results["rungs"].items()}
     assert best == [n for n in RUNGS if rates[n] == max(rates.values())][-1]   # the later on a tie
