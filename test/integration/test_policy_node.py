@@ -88,13 +88,16 @@ class FakeRobot:
     def run(self) -> None:
         rng = np.random.default_rng(0)
         while not self.stop:
+            # one consistent frame: the test changes several fields in one statement, and a
+            # frame mixing old and new values could be a valid input in the middle of bad ones
+            q, size, encoding, cameras = self.q, self.size, self.encoding, list(self.cameras)
             stamp = self.node.get_clock().now().to_msg()
-            js = self.JointState(name=self.names, position=self.q.tolist())
+            js = self.JointState(name=self.names, position=q.tolist())
             js.header.stamp = stamp
-            for cam in list(self.cameras):
-                img = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
-                msg = self.Image(encoding=self.encoding, height=self.size, width=self.size,
-                                 step=3 * self.size, data=img.tobytes())
+            for cam in cameras:
+                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                msg = self.Image(encoding=encoding, height=size, width=size,
+                                 step=3 * size, data=img.tobytes())
                 msg.header.stamp = stamp
                 self.pub_img[cam].publish(msg)
             self.pub_js.publish(js)
@@ -117,6 +120,11 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
     commands = ros_node.collect(JointTrajectory, "bytemini/command/joint_trajectory")
     chunks = ros_node.collect(ActionChunk, "grrl/action_chunk")
     status = ros_node.collect(CheckpointInfo, "grrl/checkpoint_status", latched)
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    head_images = ros_node.collect(Image, "bytemini/camera/head/image_raw",
+                                   qos_profile_sensor_data)
+    joint_states = ros_node.collect(JointState, "bytemini/joint_states")
     robot = FakeRobot(ros_node)
     node = start_node("grrl_policy", "policy_node", preset="tiny", max_staleness=0.5)
     try:
@@ -131,10 +139,15 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
                        timeout, f"the policy node to log '{text}'")
 
         robot.size = 64                                            # wrong image size
+        # the episode starts once the bad frames flow (not on a frame sent before the change)
+        n_js = len(joint_states)
+        wait_until(lambda: any(m.height == 64 for m in list(head_images)) and
+                   len(joint_states) > n_js + 1, 20, "frames of the wrong size")
         events.publish(EpisodeEvent(event=EpisodeEvent.EVENT_STARTED, episode_id="ep-test",
                                     instruction="thread the left lace end"))
         said("needs uint8 (128, 128, 3)")
-        robot.size, robot.q = 128, np.full(16, np.nan)             # NaN proprioception
+        robot.q = np.full(16, np.nan)                               # NaN proprioception
+        robot.size = 128                                # (in this order: never a valid frame)
         said("non-finite proprioception")
         robot.cameras = ["head", "left_wrist"]                      # a camera goes silent
         said("camera right_wrist is stale")

@@ -25,7 +25,7 @@ from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import StepAcker, stamp_ns
+from grrl_tools.lockstep import SCENE_START, StepAcker, stamp_ns
 from grrl_tools.node_main import announce_ready, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode
@@ -87,7 +87,9 @@ class ExpertNode(Node):
                            EpisodeEvent.EVENT_INVALID):
             self.active_seed = None
             self.running = False
-        self._answer()              # the scene's first observation may be here already
+        # the scene's first observation may be here already (a lock-step scene waits there)
+        if self.joints is not None and stamp_ns(self.joints.header.stamp) == SCENE_START:
+            self._answer()
 
     def on_joints(self, msg: JointState) -> None:
         # the previous joint state still waited for its task state: do not wait again
@@ -107,8 +109,11 @@ class ExpertNode(Node):
                           stamp_ns(self.task.header.stamp) < stamp_ns(msg.header.stamp)):
             return                      # the task state of this instant is on its way
         self.answered = self._key(msg)
-        sent = self._act(msg)
-        self.acker.ack(msg.header.stamp, self.running, sent)
+        st = self.task
+        acting = self.active_seed is not None and st is not None and st.seed == self.active_seed
+        # a scene's first observation comes with its reset: answered, acted on from the next
+        sent = self._act(msg) if stamp_ns(msg.header.stamp) != SCENE_START else 0
+        self.acker.ack(msg.header.stamp, acting, sent)
 
     def _act(self, msg: JointState) -> int:
         """The expert's command for this joint state, if it acts: the number published."""

@@ -53,7 +53,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.image_codec import ImageError, decode_raw
-from grrl_tools.lockstep import StepAcker, stamp_ns
+from grrl_tools.lockstep import SCENE_START, StepAcker, stamp_ns
 from grrl_tools.node_main import announce_ready, run_node
 
 from .checkpoint import CheckpointError
@@ -213,7 +213,7 @@ class PolicyNode(Node):
                 # IK posture: the joints at the episode's first chunk; noise seeded by the scene
                 self.controller.start_episode(msg.seed)
             self.get_logger().info(f"episode {msg.episode_id}: acting on '{msg.instruction}'")
-            self._answer()          # the scene's first observation may be here already
+            self._answer(scene_start=True)  # the scene's first observation may be here
         elif msg.event in (EpisodeEvent.EVENT_FINISHED, EpisodeEvent.EVENT_ABORTED,
                            EpisodeEvent.EVENT_INVALID):
             with self.lock:
@@ -242,18 +242,23 @@ class PolicyNode(Node):
     def _key(self, joints: Latest) -> tuple[int, str]:
         return joints.ns, self.episode.episode_id if self.episode is not None else ""
 
-    def _answer(self, force: bool = False) -> None:
+    def _answer(self, force: bool = False, scene_start: bool = False) -> None:
         """Handle the newest joint state once (per episode): a due re-plan goes to the
-        inference thread, which answers after publishing; anything else is answered now."""
+        inference thread, which answers after publishing; anything else is answered now.
+        ``scene_start``: only if it is a scene's first (an episode began: a lock-step scene
+        waits there for the answer; any later observation is followed by a next one)."""
         with self.lock:
             j = self.joints
-            if j.time is None or self.busy or self._key(j) == self.answered:
+            if j.time is None or self.busy or self._key(j) == self.answered or \
+                    (scene_start and j.ns != SCENE_START):
                 return
             if self.state_obs and self.task.ns < j.ns and not force:
                 return                 # the task state of this instant is on its way
             self.answered = self._key(j)
             acting = self.episode is not None
-            if acting and self.controller.due(j.stamp):
+            # a scene's first observation (t = 0) comes with its reset, before the episode's
+            # record opens: answered, and acted on from the next one (SCENE_START in lockstep)
+            if acting and j.ns != SCENE_START and self.controller.due(j.stamp):
                 self.busy = True
                 snap = self._snapshot(time.monotonic())
             else:

@@ -3,7 +3,8 @@
 A controller (the policy node, the scripted expert, an integrator's own) publishes one
 ``grrl_interfaces/StepAck`` per observation it has handled on :data:`STEP_ACK_TOPIC`, after the
 commands it sends in answer to it: the stamp of the joint state answered, whether it acts in an
-episode of this scene, and how many commands it published. A driver in lock-step mode advances
+episode of this scene, and how many commands it published (none for a scene's first
+observation, :data:`SCENE_START`). A driver in lock-step mode advances
 only when every controller has answered (see ``bytemini_driver.lockstep``); a controller that
 never acknowledges is not waited for, and the simulator then runs on the wall clock.
 """
@@ -15,6 +16,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 STEP_ACK_TOPIC = "bytemini/sim/step_ack"
 """grrl_interfaces/StepAck, relative (one per robot namespace)"""
 STEP_ACK_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+SCENE_START = 0
+"""the stamp (ns) of a simulated scene's first observation, published with its reset (the
+scene's clock starts at 0). It comes before an episode's record opens, so a controller answers
+it (``acting`` when it is in an episode of the scene: a scene held at its start waits for
+that) and acts from the next observation on."""
 
 
 def stamp_ns(stamp) -> int:
