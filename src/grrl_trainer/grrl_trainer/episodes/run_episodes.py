@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import rclpy
 from rclpy.action import ActionClient
@@ -19,7 +20,7 @@ from rclpy.node import Node
 
 from grrl_interfaces.action import RunEpisode
 from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
-from grrl_tools.node_main import (READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal,
+from grrl_tools.node_main import (READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal, exit_process,
                                   init_with_stop_signal)
 from std_msgs.msg import String
 
@@ -42,6 +43,10 @@ class RunEpisodesConfig:
     act, before the first episode (0: do not wait)"""
 
 
+CANCEL_WAIT_S = 0.5
+"""how long a stopping runner waits for the episode node to accept its cancel"""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived while waiting for the named thing."""
 
@@ -60,11 +65,12 @@ class EpisodeRunner(Node):
                                  READY_QOS)
 
     def cancel_active(self) -> None:
-        """Ask the episode node to cancel the running episode (best effort, bounded)."""
+        """Ask the episode node to cancel the running episode (best effort, bounded: the episode
+        node may be stopping too, and the whole exit has 1 s)."""
         if self.active is None or not rclpy.ok():
             return
         future = self.active.cancel_goal_async()
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + CANCEL_WAIT_S
         while not future.done() and time.monotonic() < deadline:
             rclpy.spin_once(self, timeout_sec=STOP_POLL_S)
 
@@ -130,7 +136,7 @@ class EpisodeRunner(Node):
         return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     argv = sys.argv if argv is None else argv
     ros_args = rclpy.utilities.remove_ros_args(argv)
     parser = argparse.ArgumentParser(prog="grrl-run-episodes", description=__doc__.splitlines()[0])
@@ -154,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    exit_process(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
