@@ -283,3 +283,13 @@ def test_merge_links_the_sources_and_refuses_what_does_not_fit(tmp_path: Path):
     merge_datasets(tmp_path / "copied", [clean, dart], copy=True)
     assert not (tmp_path / "copied" / "episodes" / "ep_000002.h5").is_symlink()
     assert len(EpisodeDataset(tmp_path / "copied")) == 5
+    # a subset (a learning curve's point): the first N in seed order, from one source too
+    assert grrl_data(["merge", str(dart), "--first", "2", "--out", str(tmp_path / "two")]) == 0
+    assert sorted(m["seed"] for m in EpisodeDataset(tmp_path / "two").episodes) == [2, 3]
+    assert json.loads((tmp_path / "two" / "info.json").read_text())["first"] == 2
+    assert merge_datasets(tmp_path / "three", [dart, clean], first=3) == 3
+    assert sorted(m["seed"] for m in EpisodeDataset(tmp_path / "three").episodes) == [0, 1, 2]
+    with pytest.raises(DatasetError, match="only 5 episodes"):
+        merge_datasets(tmp_path / "m3", [clean, dart], first=6)
+    with pytest.raises(DatasetError, match="at least two source datasets"):
+        merge_datasets(tmp_path / "m4", [clean])

@@ -161,7 +161,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from grrl_trainer.data.merge import merge_datasets
 
     try:
-        n = merge_datasets(Path(args.out), [Path(s) for s in args.sources], copy=args.copy)
+        n = merge_datasets(Path(args.out), [Path(s) for s in args.sources], copy=args.copy,
+                           first=args.first)
     except DatasetError as exc:
         print(f"grrl-data merge: error: {exc}", file=sys.stderr)
         return 2
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", required=True, help="the new dataset directory")
     m.add_argument("--copy", action="store_true", help="copy the episode files instead of "
                    "linking them")
+    m.add_argument("--first", type=int, default=None, help="keep the first N episodes in seed "
+                   "order (one source allowed: a subset, e.g. for a learning curve)")
     m.set_defaults(func=cmd_merge)
     args = parser.parse_args(argv)
     if args.cmd == "inspect":

@@ -5,6 +5,8 @@ copies), and an info.json whose ``merged_from`` names every source with the sett
 collected with, so that a training run on it says where each episode came from. The sources
 must agree on what an episode contains (schema, step rate, cameras, image size, joints); an
 episode name (``ep_<seed>``) found in two sources is refused, not silently shadowed.
+``first=N`` keeps only the first N episodes of the union in seed order: one source and
+``--first 50`` is the 50-demonstration subset of a learning curve.
 """
 from __future__ import annotations
 
@@ -30,11 +32,15 @@ def _info(root: Path) -> dict:
         raise DatasetError(f"{root}: no readable info.json ({exc})") from None
 
 
-def merge_datasets(out: Path, sources: list[Path], copy: bool = False) -> int:
-    """Make ``out`` the union of ``sources``; returns the number of episodes in it."""
+def merge_datasets(out: Path, sources: list[Path], copy: bool = False,
+                   first: int | None = None) -> int:
+    """Make ``out`` the union of ``sources`` (its first ``first`` episodes in seed order if
+    given); returns the number of episodes in it."""
     out, sources = Path(out), [Path(s) for s in sources]
-    if len(sources) < 2:
-        raise DatasetError("merge needs at least two source datasets")
+    if first is not None and first < 1:
+        raise DatasetError(f"first must be at least 1, got {first}")
+    if len(sources) < (1 if first is not None else 2):
+        raise DatasetError("merge needs at least two source datasets (or one and --first)")
     if (out / "info.json").exists() or (out / "episodes").exists():
         raise DatasetError(f"{out} exists already; merge into a new directory")
     infos = [_info(s) for s in sources]
@@ -53,6 +59,10 @@ def merge_datasets(out: Path, sources: list[Path], copy: bool = False) -> int:
                 raise DatasetError(f"{f.name} is in both {names[f.name].parent.parent} and "
                                    f"{src}: collect the sources with disjoint seeds")
             names[f.name] = f
+    if first is not None:
+        if first > len(names):
+            raise DatasetError(f"--first {first}: the sources hold only {len(names)} episodes")
+        names = dict(sorted(names.items())[:first])     # ep_<zero-padded seed>: seed order
     (out / "episodes").mkdir(parents=True)
     for name, f in names.items():
         target = out / "episodes" / name
@@ -66,6 +76,8 @@ def merge_datasets(out: Path, sources: list[Path], copy: bool = False) -> int:
          "episodes": len(list((s / "episodes").glob(EPISODE_GLOB))),
          "collection": i.get("collection", i.get("merged_from"))}
         for s, i in zip(sources, infos)]
+    if first is not None:
+        info["first"] = first
     (out / "info.json").write_text(json.dumps(info, indent=1))
     LOG.info("merged %d episodes of %d datasets into %s (%s)", len(names), len(sources), out,
              "copies" if copy else "links")
