@@ -272,6 +272,15 @@ def test_bc_benchmark_measures_both_data_paths(data: Path, tmp_path: Path):
     assert all(r > 0 for r in rates), rates
 
 
+def test_bc_benchmark_counts_the_cost_of_a_sample():
+    from grrl_trainer.bench.bc import NARROW, POOLED, bc_flops_per_sample, matmul_flops_per_s
+
+    wide, narrow, pooled = (bc_flops_per_sample(m, batch_size=4) for m in ({}, NARROW, POOLED))
+    # half the width is about a quarter of the cost; pooling the instruction shortens the prefix
+    assert 2.5 < wide / narrow < 5.0 and pooled < narrow, (wide, narrow, pooled)
+    assert matmul_flops_per_s(1, n=64, seconds=0.05) > 1e8
+
+
 def test_idle_steps_are_the_demonstrators_pauses():
     from grrl_trainer.data.idle import idle_steps
 
