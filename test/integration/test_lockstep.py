@@ -45,11 +45,14 @@ def test_driver_waits_for_the_controllers_answer(start_node, ros_node):
     from sensor_msgs.msg import JointState
 
     states = ros_node.collect(JointState, "bytemini/joint_states")
-    acks = ros_node.node.create_publisher(StepAck, STEP_ACK_TOPIC, STEP_ACK_QOS)
     node = start_node("bytemini_driver", "driver_node", autostart=True, publish_images=False,
                       real_time_factor=5.0, lockstep_timeout=600.0)
-    ros_node.wait_for_matched(acks, 1, timeout=60)
+    # the controller appears once the driver's observations reach it: had the driver found the
+    # controller first, its first observation could go out before this subscription matched,
+    # and both would wait for each other (found by CI on a loaded machine)
     wait_until(lambda: states, 60, "a joint state")
+    acks = ros_node.node.create_publisher(StepAck, STEP_ACK_TOPIC, STEP_ACK_QOS)
+    ros_node.wait_for_matched(acks, 1, timeout=60)
     new_per_answer, steps = [], []
     for _ in range(40):
         n = len(states)
