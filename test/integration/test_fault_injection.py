@@ -17,6 +17,7 @@ from bytemini_driver import description as desc
 from bytemini_driver.driver_node import COMMAND_QOS
 from grrl_tools.testing import wait_until
 from test_driver_node import latest, traj
+from test_policy_node import corrupted_checkpoint
 from test_trainer_node import latched, said, small_checkpoint
 
 pytestmark = pytest.mark.ros
@@ -50,7 +51,7 @@ def test_every_bad_input_is_refused_while_control_keeps_its_rate(start_node, pro
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64
 
-    from grrl_policy.checkpoint import paths, save_checkpoint
+    from grrl_policy.checkpoint import save_checkpoint
     from grrl_policy.model import GRRLModel, configure
     from test_trainer_node import SMALL
 
@@ -122,11 +123,7 @@ def test_every_bad_input_is_refused_while_control_keeps_its_rate(start_node, pro
     save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "v2", version=2)
     announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=10,
                                     path=str(tmp_path / "v2")))
-    save_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "v4", version=4)
-    weights, _ = paths(tmp_path / "v4")
-    data = bytearray(weights.read_bytes())
-    data[-3] ^= 0x55
-    weights.write_bytes(bytes(data))
+    corrupted_checkpoint(GRRLModel(configure("tiny-state", SMALL)), tmp_path / "v4", version=4)
     announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=4,
                                     path=str(tmp_path / "v4")))
     announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=5,

@@ -104,6 +104,19 @@ class FakeRobot:
             time.sleep(0.04)
 
 
+def corrupted_checkpoint(model, path, version: int):
+    """Save ``model`` as a checkpoint and flip bits of its weights file (its sha256 no longer
+    matches its metadata)."""
+    from grrl_policy.checkpoint import paths, save_checkpoint
+
+    save_checkpoint(model, path, version=version)
+    weights, _ = paths(path)
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x55
+    weights.write_bytes(bytes(data))
+    return path
+
+
 def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, ros_node, tmp_path):
     import torch
     from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent
@@ -111,7 +124,7 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from trajectory_msgs.msg import JointTrajectory
 
-    from grrl_policy.checkpoint import paths, save_checkpoint
+    from grrl_policy.checkpoint import save_checkpoint
     from grrl_policy.model import GRRLModel, preset
 
     latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -182,11 +195,7 @@ def test_bad_input_holds_with_a_reason_and_checkpoints_are_verified(start_node, 
         assert "announced as version 10 but the file is version 1" in forged.message
 
         # a corrupted one is refused, reported, and the running version stays
-        save_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v4", version=4)
-        w, _ = paths(tmp_path / "v4")
-        data = bytearray(w.read_bytes())
-        data[-3] ^= 0x55
-        w.write_bytes(bytes(data))
+        corrupted_checkpoint(GRRLModel(preset("tiny")), tmp_path / "v4", version=4)
         announce.publish(CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, version=4,
                                         path=str(tmp_path / "v4")))
         wait_until(lambda: any(s.status == CheckpointInfo.STATUS_REFUSED and s.version == 4
