@@ -39,6 +39,7 @@ setup(
             'grrl-bench = grrl_trainer.bench.cli:main',
             'grrl-data = grrl_trainer.data.cli:main',
             'grrl-train-bc = grrl_trainer.offline.bc:main',
+            'grrl-curve = grrl_trainer.offline.curve:main',
             'grrl-eval = grrl_trainer.evaluation.evaluate:main',
             'grrl-critic = grrl_trainer.offline.critic_train:main',
             'grrl-offline = grrl_trainer.offline.pipeline:main',

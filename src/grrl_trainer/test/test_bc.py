@@ -324,3 +324,47 @@ def test_drop_idle_steps_leaves_out_exactly_the_pauses(data: Path, monkeypatch):
     assert set(both) == {0, 2} and not both[0][2:5].any()
     assert bc.bc_keep(ds, cfg(), None) is None
     assert idle.TASK_POSITIONS.tolist() == [0, 1, 2, 10, 11, 12]
+
+
+def test_learning_curve_trains_each_size_and_evaluates_each_point(data: Path, tmp_path: Path,
+                                                                  monkeypatch):
+    import json
+    import shutil
+
+    from grrl_trainer.evaluation import evaluate
+    from grrl_trainer.offline import curve
+
+    evaluated = []
+
+    def fake_evaluate(checkpoint, ecfg, progress=True):
+        evaluated.append((Path(checkpoint), Path(ecfg.out_dir).name, ecfg.episodes))
+        n = len(evaluated)
+        return {"success_rate": n / 10, "successes": n, "episodes": ecfg.episodes,
+                "success_ci95": [0.0, 1.0], "funnel": {"picked": 1.0}}
+    monkeypatch.setattr(evaluate, "evaluate_or_reuse", fake_evaluate)
+    demos = tmp_path / "demos"                      # the fixture's episodes, as a collected dataset
+    shutil.copytree(data, demos)
+    (demos / "info.json").write_text(json.dumps({"schema_version": 1, "fps": 10.0}))
+    data = demos
+    ccfg = curve.CurveConfig(sizes=[3, 1, 2], step_points=[25], eval_episodes=4)
+    bcfg = cfg(steps=50)
+    result = curve.run_curve(data, tmp_path / "curve", ccfg, bcfg, progress=False)
+    # the first N episodes in seed order, a BC run each, then the largest run's checkpoint
+    assert [p["demonstrations"] for p in result["by_demonstrations"]] == [1, 2, 3]
+    for n in (1, 2, 3):
+        assert len(list((tmp_path / "curve" / f"data_{n}" / "episodes").iterdir())) == n
+        assert steps_logged(tmp_path / "curve" / f"bc_{n}")[-1] == 50
+    assert [name for _, name, _ in evaluated] == ["eval_1", "eval_2", "eval_3", "eval_3_25"]
+    assert evaluated[-1][0] == bc.checkpoint_path(tmp_path / "curve" / "bc_3", 25)
+    assert [p["steps"] for p in result["by_steps"]] == [25, 50]
+    assert json.loads((tmp_path / "curve" / "curve.json").read_text()) == result
+    assert (tmp_path / "curve" / "curve.png").exists()
+    # run again: nothing is retrained (the runs are finished), the points are re-read
+    evaluated.clear()
+    curve.run_curve(data, tmp_path / "curve", ccfg, bcfg, progress=False)
+    assert len(steps_logged(tmp_path / "curve" / "bc_3")) == len(set(steps_logged(
+        tmp_path / "curve" / "bc_3")))
+    with pytest.raises(ValueError, match="not intermediate checkpoints"):
+        curve.run_curve(data, tmp_path / "c2", curve.CurveConfig(step_points=[30]), bcfg)
+    with pytest.raises(curve.DatasetError, match="only 3 episodes"):
+        curve.run_curve(data, tmp_path / "c3", curve.CurveConfig(sizes=[5]), bcfg)

@@ -12,11 +12,12 @@ from grrl_trainer import reproduce
 from grrl_trainer.data import cli as data_cli
 from grrl_trainer.data.collect import CollectConfig
 from grrl_trainer.evaluation import evaluate, imitation
-from grrl_trainer.offline import bc, critic_train, pipeline
+from grrl_trainer.offline import bc, critic_train, curve, pipeline
 from grrl_trainer.online import trainer
 
 CLIS = {
     "grrl-train-bc": (bc.main, [], [(bc.BCConfig(), ())]),
+    "grrl-curve": (curve.main, [], [(curve.CurveConfig(), ()), (bc.BCConfig(), ())]),
     "grrl-critic train": (critic_train.main, ["train"],
                           [(critic_train.CriticRunConfig(), critic_train.TRAIN_FLATTEN)]),
     "grrl-critic filter": (critic_train.main, ["filter"], [(FilterConfig(), ())]),
@@ -50,7 +51,7 @@ def test_help_shows_every_config_field(name, capsys):
             assert "".join(doc.split()) in packed, (flag, doc)
 
 
-@pytest.mark.parametrize("cls", [bc.BCConfig, critic_train.CriticRunConfig, pipeline.OfflineConfig,
+@pytest.mark.parametrize("cls", [bc.BCConfig, curve.CurveConfig, critic_train.CriticRunConfig, pipeline.OfflineConfig,
                                  reproduce.ReproduceConfig, CollectConfig, FilterConfig,
                                  data_cli.CollectRun, evaluate.EvalConfig, imitation.ImitationConfig,
                                  trainer.OnlineConfig, trainer.RolloutConfig])
