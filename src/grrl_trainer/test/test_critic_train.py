@@ -45,7 +45,7 @@ def test_train_resume_filter_and_plot(tmp_path):
     rows = (run / "critic.csv").read_text().splitlines()
     assert rows[0].startswith("step,critic_loss")
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(5, 35, 5))
-    assert "9.9" not in (run / "critic.csv").read_text()
+    assert "25,9.9,9.9,0.5,1.0,10" not in (run / "critic.csv").read_text()
     # a changed configuration is refused
     with pytest.raises(ValueError, match="another configuration"):
         train_critic(data, run, cfg(batch_size=8), progress=False)
