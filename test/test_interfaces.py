@@ -10,6 +10,7 @@ from rclpy.action import ActionClient
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, KeyValue
 from grrl_interfaces.srv import ResetScene
+from grrl_tools.action_goal import send_goal
 from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
@@ -51,8 +52,7 @@ def test_messages_service_and_action_cross_processes(processes, ros_node):
     assert action.wait_for_server(timeout_sec=30)
     feedback = []
     goal = RunEpisode.Goal(instruction="thread the left end", time_limit=5.0, seed=42)
-    future = action.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback))
-    handle = wait_until(lambda: future.done() and future.result(), 30, "goal acceptance")
+    handle = send_goal(action, goal, feedback_callback=lambda f: feedback.append(f.feedback))
     assert handle.accepted
     result_future = handle.get_result_async()
     wait_until(result_future.done, 30, "the episode result")

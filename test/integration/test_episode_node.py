@@ -8,6 +8,7 @@ from rclpy.action import ActionClient
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent
 from grrl_interfaces.srv import ResetScene
+from grrl_tools.action_goal import send_goal
 from grrl_tools.testing import wait_until
 
 pytestmark = pytest.mark.ros
@@ -29,9 +30,7 @@ def graph(start_node, ros_node):
 
 
 def send(client, **goal):
-    future = client.send_goal_async(RunEpisode.Goal(**goal))
-    handle = wait_until(lambda: future.done() and future.result(), 30, "goal response")
-    return handle
+    return send_goal(client, RunEpisode.Goal(**goal))
 
 
 def result_of(handle, timeout=60.0):

@@ -67,8 +67,8 @@ def loaded(status, version: int, *procs) -> None:
 
 def run_episode(ros_node, client, seed: int, time_limit: float):
     from grrl_interfaces.action import RunEpisode
-    future = client.send_goal_async(RunEpisode.Goal(seed=seed, time_limit=time_limit))
-    handle = wait_until(lambda: future.done() and future.result(), 30, "goal response")
+    from grrl_tools.action_goal import send_goal
+    handle = send_goal(client, RunEpisode.Goal(seed=seed, time_limit=time_limit))
     assert handle.accepted
     result = handle.get_result_async()
     wait_until(result.done, ROUND_S, f"the result of episode seed {seed}")

@@ -19,6 +19,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from grrl_interfaces.action import RunEpisode
+from grrl_tools.action_goal import send_goal
 from grrl_tools.config_cli import add_arguments, declare_parameters, from_parameters
 from grrl_tools.node_main import (READY_QOS, READY_TOPIC, STOP_POLL_S, StopSignal, exit_process,
                                   init_with_stop_signal)
@@ -88,6 +89,13 @@ class EpisodeRunner(Node):
                 raise TimeoutError(f"timed out waiting for {what}")
         return future.result()
 
+    def _spin_until(self, predicate, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while rclpy.ok() and not predicate() and time.monotonic() < deadline:
+            if self.stop:
+                raise Interrupted("goal acceptance")
+            rclpy.spin_once(self, timeout_sec=STOP_POLL_S)
+
     def run(self) -> int:
         log = self.get_logger()
         if not self.client.wait_for_server(timeout_sec=float(self.param("server_timeout"))):
@@ -111,8 +119,12 @@ class EpisodeRunner(Node):
         for i in range(n):
             goal = RunEpisode.Goal(seed=seed0 + i, time_limit=float(self.param("time_limit")),
                                    mirrored=bool(self.param("mirrored")))
-            handle = self._wait(self.client.send_goal_async(
-                goal, feedback_callback=lambda f: None), "goal acceptance", 30.0)
+            try:
+                handle = send_goal(self.client, goal, self._spin_until,
+                                   feedback_callback=lambda f: None)
+            except TimeoutError as exc:
+                log.error(f"episode {i}: {exc} (is the episode node alive?)")
+                return 2
             if handle is None or not handle.accepted:
                 log.error(f"episode {i}: goal rejected")
                 failures += 1
