@@ -75,11 +75,16 @@ class ControllerConfig:
     """with steer: std of Gaussian exploration around the predicted ε"""
     noise_seed: int = 0
     """mixed with each episode's seed to seed the sampling noise"""
+    noise_scale: float = 1.0
+    """temperature of the flow's initial noise (ε·scale; 0: every chunk from ε = 0, the
+    deterministic map). Not applied to steered noise, which is the noise predictor's"""
 
     def __post_init__(self) -> None:
         if self.step_period <= 0 or self.execute_steps < 1:
             raise ValueError(f"step_period > 0 and execute_steps >= 1 are needed, got "
                              f"{self.step_period}, {self.execute_steps}")
+        if not 0.0 <= self.noise_scale < float("inf"):
+            raise ValueError(f"noise_scale must be finite and >= 0, got {self.noise_scale}")
         if self.explore_std < 0:
             raise ValueError(f"explore_std must be >= 0, got {self.explore_std}")
 
@@ -209,7 +214,7 @@ class PolicyController:
             draw = self.rng.standard_normal((mcfg.horizon, mcfg.action_dim)).astype(np.float32)
             steer = self.steering
             chunk = self.policy.infer(
-                model_obs, proprio_t, steer=steer, noise=None if steer else draw,
+                model_obs, proprio_t, steer=steer, noise=None if steer else self.cfg.noise_scale * draw,
                 explore=self.cfg.explore_std * draw if steer and self.cfg.explore_std else None,
                 steps=self.cfg.flow_steps or None)
         except (ObservationError, PolicyOutputError) as e:

@@ -89,6 +89,19 @@ def test_executed_commands_stay_within_the_joint_limits(monkeypatch):
     assert np.all(speed <= 1.25 * vel), (speed / vel).max(axis=0)
 
 
+def test_noise_scale_zero_makes_every_noise_seed_give_the_same_episode():
+    from grrl_policy.controller import ControllerConfig
+
+    def episode(noise_seed: int, scale: float) -> list:
+        cfg = EvalConfig(time_limit=1.0, controller=ControllerConfig(
+            noise_seed=noise_seed, noise_scale=scale))
+        return run_episode(state_policy(), 10_000, cfg).final_joints
+    assert episode(1, 0.0) == episode(2, 0.0)
+    assert episode(1, 1.0) != episode(2, 1.0)
+    with pytest.raises(ValueError, match="noise_scale"):
+        ControllerConfig(noise_scale=float("nan"))
+
+
 def test_a_policy_producing_nan_ends_the_episode_with_a_reason():
     policy = state_policy()
     with torch.no_grad():
