@@ -1,4 +1,4 @@
-"""A throw-away ament package, grrl_testpkg, whose only executable is test/nodes/param_talker.py."""
+"""A throw-away ament package, grrl_testpkg, whose executables are test/nodes/param_talker.py and stuck_on_stop.py."""
 from __future__ import annotations
 
 import os
@@ -20,9 +20,10 @@ def testpkg_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (prefix / "share" / "grrl_testpkg").mkdir()
     lib = prefix / "lib" / "grrl_testpkg"
     lib.mkdir(parents=True)
-    exe = lib / "param_talker"
-    exe.write_text(f"#!{sys.executable}\n" + (NODES / "param_talker.py").read_text())
-    exe.chmod(0o755)
+    for name in ("param_talker", "stuck_on_stop"):
+        exe = lib / name
+        exe.write_text(f"#!{sys.executable}\n" + (NODES / f"{name}.py").read_text())
+        exe.chmod(0o755)
     (lib / "not_executable").write_text("")
     return prefix
 

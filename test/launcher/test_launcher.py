@@ -45,6 +45,20 @@ def test_signal_tears_down_every_node(testpkg, launch_dir: Path, processes, ros_
     assert "exited with code" in launch.output
 
 
+def test_a_node_that_hangs_on_stop_shows_its_stacks_then_is_killed(testpkg, launch_dir,
+                                                                     processes, ros_node):
+    launch = processes.launch(str(launch_dir / "stuck.launch.xml"))
+    ros_node.wait_for_node("/stuck", timeout=30)
+    launch.signal(signal.SIGINT)
+    assert launch.wait(30) == 1, launch.output
+    out = launch.output
+    assert "stuck did not stop after SIGINT; its stacks follow (SIGUSR1)" in out, out
+    # faulthandler's dump names the frame the main thread hangs in
+    assert "most recent call first" in out and "wedged_on_purpose" in out, out
+    assert "stuck did not stop, sending SIGKILL" in out, out
+    wait_until(lambda: not processes.leftovers(), 10, "the stuck node to be gone")
+
+
 def test_required_node_failure_shuts_down_and_fails(testpkg, launch_dir: Path, processes):
     launch = processes.launch(str(launch_dir / "required.launch.xml"), "exit_code:=3")
     code = launch.wait(60)

@@ -8,6 +8,7 @@ file (see :mod:`grrl_tools.launch_description`) and supervises the processes its
   builds them: node name, namespace, parameter files, inline parameters, remaps;
 * everything is resolved before the first process starts, so a bad file starts nothing;
 * SIGINT/SIGTERM are forwarded (SIGINT, then SIGTERM after ``sigterm_timeout``, then SIGKILL);
+  a process still running at the escalation is first asked for its threads' stacks (SIGUSR1);
 * a required process (``on_exit="shutdown"``) that exits tears the graph down;
 * children get ``PR_SET_PDEATHSIG`` so a ``kill -9`` of the launcher leaves no orphans;
 * the exit status is 0 only if every process ended cleanly.
@@ -69,6 +70,18 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 @dataclass
@@ -159,6 +172,24 @@ class Launcher:
             except ProcessLookupError:
                 pass
 
+    def _dump_stacks(self, runs: list[_Running]) -> None:
+        """Ask processes that ignored SIGINT for their threads' stacks (our nodes print them on
+        SIGUSR1, grrl_tools.node_main.STACKS_SIGNAL) so that the log shows where they hung;
+        only a leader that handles SIGUSR1 is asked (it ends a process without a handler)."""
+        asked = False
+        for run in runs:
+            if run.proc is not None and run.proc.poll() is None and _catches(run.proc.pid,
+                                                                             signal.SIGUSR1):
+                asked = True
+                LOG.warning("%s did not stop after SIGINT; its stacks follow (SIGUSR1)",
+                            run.spec.name)
+                try:
+                    os.kill(run.proc.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+        if asked:
+            time.sleep(0.5)         # let the dumps reach the log before the next signal
+
     def _reap(self) -> None:
         now = time.monotonic()
         for run in self.running:
@@ -205,7 +236,10 @@ class Launcher:
                 (getattr(r.spec, timeout_of) for r in alive), default=0.0)
             while self._alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            for run in self._alive():
+            stuck = self._alive()
+            if stuck and sig == signal.SIGTERM:
+                self._dump_stacks(stuck)
+            for run in stuck:
                 LOG.warning("%s did not stop, sending %s", run.spec.name, sig.name)
                 self._signal(run, sig)
         while self._alive():

@@ -5,6 +5,7 @@ waits for it (an episode's clock must not run while its controller is still load
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import logging
 import os
 import signal
@@ -60,9 +61,17 @@ class StopSignal:
         return self.event.is_set()
 
 
+STACKS_SIGNAL = signal.SIGUSR1
+"""``kill -USR1 PID`` prints every thread's stack of a node to its stderr (``grrl-launch`` does
+so to a process that did not stop after SIGINT, before escalating): a hang shows where it is,
+even with the main thread stuck in C code, since the dump needs no interpreter lock"""
+
+
 def init_with_stop_signal(argv: list[str] | None = None) -> StopSignal:
-    """``rclpy.init`` without rclpy's signal handlers, and a :class:`StopSignal` in their place."""
+    """``rclpy.init`` without rclpy's signal handlers, and a :class:`StopSignal` in their place;
+    :data:`STACKS_SIGNAL` dumps the stacks."""
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    faulthandler.register(STACKS_SIGNAL, all_threads=True, chain=False)
     return StopSignal()
 
 
