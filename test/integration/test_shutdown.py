@@ -8,6 +8,7 @@ import time
 
 import pytest
 from grrl_interfaces.msg import EpisodeEvent
+from grrl_tools.node_main import FORCED_EXIT
 from grrl_tools.testing import wait_until
 from test_trainer_node import said, small_checkpoint
 
@@ -48,6 +49,8 @@ def test_every_node_exits_cleanly_on_sigint_mid_episode(start_node, ros_node, tm
         out = proc.output
         assert proc.proc.returncode == 0, f"{name} exited {proc.proc.returncode}:\n{out[-3000:]}"
         assert "Traceback" not in out and "RCLError" not in out, f"{name}:\n{out[-3000:]}"
+        # it stopped by itself, not by the stop deadline's forced exit
+        assert FORCED_EXIT not in out, f"{name}:\n{out[-3000:]}"
         assert took[name] < ESCALATION_S, f"{name} took {took[name]:.1f} s to exit:\n{out[-2000:]}"
     # the interrupted episode was closed properly: its end was announced
     assert any(e.event == EpisodeEvent.EVENT_ABORTED for e in list(events)), \

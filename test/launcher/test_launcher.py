@@ -47,7 +47,7 @@ def test_signal_tears_down_every_node(testpkg, launch_dir: Path, processes, ros_
 
 def test_a_node_that_hangs_on_stop_shows_its_stacks_then_is_killed(testpkg, launch_dir,
                                                                      processes, ros_node):
-    launch = processes.launch(str(launch_dir / "stuck.launch.xml"))
+    launch = processes.launch(str(launch_dir / "stuck.launch.xml"), "node_args:=--no-deadline")
     ros_node.wait_for_node("/stuck", timeout=30)
     launch.signal(signal.SIGINT)
     assert launch.wait(30) == 1, launch.output
@@ -56,6 +56,21 @@ def test_a_node_that_hangs_on_stop_shows_its_stacks_then_is_killed(testpkg, laun
     # faulthandler's dump names the frame the main thread hangs in
     assert "most recent call first" in out and "wedged_on_purpose" in out, out
     assert "stuck did not stop, sending SIGKILL" in out, out
+    wait_until(lambda: not processes.leftovers(), 10, "the stuck node to be gone")
+
+
+def test_a_node_that_hangs_on_stop_ends_itself_at_its_deadline(testpkg, launch_dir, processes,
+                                                                ros_node):
+    from grrl_tools.node_main import FORCED_EXIT
+
+    launch = processes.launch(str(launch_dir / "stuck.launch.xml"))
+    ros_node.wait_for_node("/stuck", timeout=30)
+    launch.signal(signal.SIGINT)
+    assert launch.wait(30) == 0, launch.output
+    out = launch.output
+    assert f"{FORCED_EXIT} 1 s of its stop signal: forced exit" in out, out
+    assert "wedged_on_purpose" in out, out          # the stacks say where it hung
+    assert "sending SIGTERM" not in out, out        # the launcher did not have to escalate
     wait_until(lambda: not processes.leftovers(), 10, "the stuck node to be gone")
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Test node for the launcher: installs our stop signal (grrl_tools.node_main), then, once asked
-to stop, wedges its main thread in a lock that is never released, as a node that hangs in its
-shutdown would. The launcher must ask it for its stacks, then escalate."""
+"""Test node for the launcher and the stop deadline: installs our stop signal
+(grrl_tools.node_main), then, once asked to stop, wedges its main thread in a lock that is never
+released, as a node that hangs in its shutdown would. With ``--no-deadline`` (a hang the
+deadline cannot end, e.g. in C code holding the interpreter lock) the launcher must ask it for
+its stacks, then escalate; without, its own deadline ends it."""
+import sys
 import threading
 
 import rclpy
@@ -15,7 +18,7 @@ def wedged_on_purpose(lock: threading.Lock) -> None:
 
 
 def main():
-    stop = init_with_stop_signal()
+    stop = init_with_stop_signal(deadline_s=None if "--no-deadline" in sys.argv else 1.0)
     node = Node("stuck_on_stop")
     while not stop:
         rclpy.spin_once(node, timeout_sec=0.1)

@@ -43,18 +43,43 @@ def announce_ready(node: Node):
     return pub
 
 
+STOP_DEADLINE_S = 3.0
+"""a node still running this long after its stop signal prints every thread's stack, says so,
+and ends (status 0: it was asked to stop, and it stopped). A stop takes 0.1-0.7 s (measured by
+test_shutdown, which fails on the forced exit's line); the deadline is the bound when something
+in a callback or a library's teardown hangs, well before a launcher escalates (5 s)"""
+
+FORCED_EXIT = "did not stop within"
+"""the start of the forced exit's line on stderr"""
+
+
+def _force_exit(deadline_s: float) -> None:
+    time.sleep(deadline_s)
+    try:
+        sys.stderr.write(f"[{os.path.basename(sys.argv[0])}] {FORCED_EXIT} {deadline_s:g} s of "
+                         "its stop signal: forced exit; every thread's stack:\n")
+        sys.stderr.flush()
+        faulthandler.dump_traceback(all_threads=True)
+    finally:
+        os._exit(0)
+
+
 class StopSignal:
     """SIGINT and SIGTERM set :attr:`event` instead of shutting the context down under running
     callbacks (rclpy's own handler does, and a callback that publishes then dies with an
     RCLError traceback). Install it in the main thread, after ``rclpy.init(...,
     signal_handler_options=SignalHandlerOptions.NO)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline_s: float | None = STOP_DEADLINE_S) -> None:
         self.event = threading.Event()
+        self.deadline_s = deadline_s
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        if not self.event.is_set() and self.deadline_s is not None:
+            threading.Thread(target=_force_exit, args=(self.deadline_s,), daemon=True,
+                             name="stop-deadline").start()
         self.event.set()
 
     def __bool__(self) -> bool:
@@ -67,12 +92,13 @@ so to a process that did not stop after SIGINT, before escalating): a hang shows
 even with the main thread stuck in C code, since the dump needs no interpreter lock"""
 
 
-def init_with_stop_signal(argv: list[str] | None = None) -> StopSignal:
-    """``rclpy.init`` without rclpy's signal handlers, and a :class:`StopSignal` in their place;
-    :data:`STACKS_SIGNAL` dumps the stacks."""
+def init_with_stop_signal(argv: list[str] | None = None,
+                          deadline_s: float | None = STOP_DEADLINE_S) -> StopSignal:
+    """``rclpy.init`` without rclpy's signal handlers, and a :class:`StopSignal` (with its
+    ``deadline_s``, None = none) in their place; :data:`STACKS_SIGNAL` dumps the stacks."""
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     faulthandler.register(STACKS_SIGNAL, all_threads=True, chain=False)
-    return StopSignal()
+    return StopSignal(deadline_s)
 
 
 STOP_POLL_S = 0.1
