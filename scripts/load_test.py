@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON with the stage times")
     args = ap.parse_args(argv)
 
-    runs = {}
+    runs, outputs = {}, {}
     for name, hogs in (("idle", 0), ("loaded", args.hogs)):
         episodes, out, code, wall = _condition(args.seeds, args.real_time_factor,
                                                args.controller, hogs, args.timeout)
         runs[name] = {"hogs": hogs, "exit": code, "wall_s": round(wall, 1), "episodes": episodes}
+        outputs[name] = out
         solved = sum(ep["success"] for ep in episodes.values())
         print(f"{name:>6} ({hogs} hogs): {solved}/{args.seeds} solved, {wall:.0f} s wall, "
               f"exit {code}", flush=True)
@@ -144,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                "runs": runs}
     print(f"stage times idle / loaded (simulated s); largest difference {worst:.4f} s "
           f"(allowed {CONTROL_PERIOD} s): {'PASS' if ok else 'FAIL'}")
+    if not ok:
+        # what the graph said about its clock: lock-step waits, resets, warnings
+        for name, out in outputs.items():
+            lines = [ln for ln in out.splitlines() if any(
+                w in ln for w in ("lock-step", "WARN", "ERROR", "scene reset", "controller"))]
+            print(f"--- {name}: the launch's clock-related lines", file=sys.stderr)
+            print("\n".join(lines[-40:]), file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1))

@@ -25,7 +25,7 @@ def test_expert_episode_is_the_same_under_load(processes, tmp_path):
     run = processes.start([sys.executable, str(ROOT / "scripts" / "load_test.py"), "--seeds", "1",
                            "--out", str(out), "--timeout", "400"])
     code = run.wait(900)
-    assert code == 0, run.output[-4000:]
+    assert code == 0, run.output[-8000:]
     result = json.loads(out.read_text())
     idle, loaded = (result["runs"][k]["episodes"]["0"] for k in ("idle", "loaded"))
     assert result["runs"]["loaded"]["hogs"] >= 2

@@ -11,7 +11,8 @@ machine. The real-time factor is then the fastest the simulation may go.
 Two waits are bounded, so that a dead or missing controller cannot stop the simulator: an
 observation unanswered for ``step_timeout`` wall seconds, and a scene held at t = 0 (a reset
 that starts an episode) that no controller acts on within ``start_timeout``. Without any
-lock-step controller on the graph the simulator runs free. ROS-free: the driver node feeds it.
+lock-step controller on the graph the simulator runs free, except at a held start (requested
+only for a controller known to answer). ROS-free: the driver node feeds it.
 """
 from __future__ import annotations
 
@@ -65,8 +66,12 @@ class StepGate:
     def ready(self, controllers: int) -> tuple[bool, str]:
         """(may the simulation advance, why it does so without its answers ('' when it has
         them)) for ``controllers`` lock-step controllers on the graph."""
-        if controllers <= 0 or self.awaited is None:
+        if self.awaited is None or (controllers <= 0 and not self.start):
             return True, ""
+        # a scene held at its start waits for a controller to act even before this driver has
+        # discovered any: whoever asked for the hold knows its controller answers (the episode
+        # node asks only then); under load, discovery lagged the reset by 2 s and the scene
+        # ran free meanwhile (a CI run: every stage 2.0 s late)
         announced = sum(a.commands for a in self.answers.values())
         acting = any(a.acting for a in self.answers.values())
         if len(self.answers) >= controllers and self.handled >= announced and \

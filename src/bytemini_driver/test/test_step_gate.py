@@ -16,6 +16,18 @@ def test_free_running_without_lockstep_controllers():
     assert gate.ready(0) == (True, "")
 
 
+def test_a_held_start_waits_even_before_any_controller_is_discovered():
+    clock = Clock()
+    gate = StepGate(start_timeout=30.0, clock=clock)
+    gate.observed(0, start=True)
+    clock.t = 2.0
+    assert gate.ready(0) == (False, "")                # discovery may lag the reset
+    gate.answered(0, "/expert", True, 0)
+    assert gate.ready(0) == (True, "")
+    gate.observed(20_000_000)                          # later observations: free without one
+    assert gate.ready(0) == (True, "")
+
+
 def test_waits_for_every_controller_and_for_the_commands_they_announce():
     clock = Clock()
     gate = StepGate(step_timeout=5.0, clock=clock)

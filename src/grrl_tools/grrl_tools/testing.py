@@ -205,14 +205,20 @@ class RosTestNode:
         names = self.node.get_node_names_and_namespaces()
         return not any((ns.rstrip("/") + "/" + n) == fqn for n, ns in names)
 
-    def call(self, client: Any, request: Any, timeout: float = 3.0, attempts: int = 4) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = 5.0, attempts: int = 4) -> Any:
         """A service call that asks again if the answer is lost (right after discovery the
-        server's reply can go to a reader it has not matched yet). For idempotent requests."""
+        server's reply can go to a reader it has not matched yet) or late (a loaded machine).
+        For idempotent requests. (rclpy's ``Client.call`` raises TimeoutError where older
+        versions returned None: both mean "ask again".)"""
         for _ in range(attempts):
-            response = client.call(request, timeout_sec=timeout)
+            try:
+                response = client.call(request, timeout_sec=timeout)
+            except TimeoutError:
+                response = None
             if response is not None:
                 return response
-        raise TimeoutError(f"no answer from {client.srv_name} after {attempts} attempts")
+        raise TimeoutError(f"no answer from {client.srv_name} after {attempts} attempts of "
+                           f"{timeout:g} s")
 
     def collect(self, msg_type: Any, topic: str, qos: Any = 10) -> list:
         """Subscribe and return the list the received messages are appended to."""

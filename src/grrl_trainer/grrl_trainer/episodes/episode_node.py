@@ -26,6 +26,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
+from grrl_tools.lockstep import STEP_ACK_TOPIC
 from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskState
@@ -94,6 +95,10 @@ class EpisodeNodeConfig:
     """wall seconds a goal waits for a controller to announce on grrl/controller_ready that it
     can act before the episode (and its clock) starts, else the episode is invalid; 0: do not
     wait (a teleoperator, or nobody, acts)"""
+    ack_grace: float = 2.0
+    """wall seconds an episode's start looks for its ready controller's lock-step answers
+    (bytemini/sim/step_ack) before resetting without holding the scene at t = 0 (once per
+    controller: one without them is remembered)"""
     stage_source: str = "sim"
     """where stages come from: 'sim' (the simulator's task state) or 'operator' (labels)"""
 
@@ -141,6 +146,8 @@ class EpisodeNode(Node):
         self.rec_applied = threading.Event()
         self.rec_switch = self.rec_node.create_guard_condition(self._apply_recording)
         self.ready_controllers: set[str] = set()
+        self.free_controllers: set[str] = set()
+        """ready controllers seen without lock-step answers"""
         self.create_subscription(String, READY_TOPIC, lambda m: self.ready_controllers.add(m.data),
                                  READY_QOS, callback_group=group)
         self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
@@ -330,16 +337,35 @@ class EpisodeNode(Node):
             time.sleep(0.02)
         return ""
 
+    def _answers_steps(self) -> bool:
+        """Whether a ready controller answers the simulator's observations (publishes on the
+        lock-step topic); its answers' publisher may be discovered a little after its ready
+        announcement, so it is looked for up to ``ack_grace`` s."""
+        topic = self.resolve_topic_name(STEP_ACK_TOPIC)
+        deadline = time.monotonic() + self.cfg.ack_grace
+        while True:
+            answering = {(i.node_namespace.rstrip("/") + "/" + i.node_name)
+                         for i in self.get_publishers_info_by_topic(topic)}
+            ready = set(self.ready_controllers)
+            if ready & answering:
+                return True
+            if ready <= self.free_controllers or self.stopping or time.monotonic() > deadline:
+                self.free_controllers |= ready
+                return False
+            time.sleep(0.02)
+
     def _reset(self, goal: RunEpisode.Goal) -> ResetScene.Response | str:
         not_ready = self._wait_for_controller()
         if not_ready:
             return not_ready
+        hold = self._answers_steps()
         timeout = self.cfg.reset_timeout
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
-        # start_paused: a lock-step simulator holds the scene at t = 0 until the controller acts
+        # start_paused: a lock-step simulator holds the scene at t = 0 until the controller
+        # acts, even before it has discovered that controller (only asked for one that answers)
         request = ResetScene.Request(seed=goal.seed, mirrored=goal.mirrored,
-                                     options=list(goal.options), start_paused=True)
+                                     options=list(goal.options), start_paused=hold)
         deadline = time.monotonic() + timeout
         # Right after discovery a response can be lost (the server's reply writer may not
         # have matched our reader yet); a reset is idempotent, so ask again.
