@@ -13,6 +13,10 @@ episode, from its own seed, this demonstrator draws:
 Like the paper's annotators it marks a **retry keyframe** at the control step where a retry
 begins (backing off after a miss, reaching again after a drop), and the episode's
 success/failure is the simulator's verdict. Every flaw has its rate in :class:`DemoConfig`.
+
+Unlike a human operator it also knows, for every control step, which flaw it is acting out
+(:meth:`FlawedDemonstrator.step_flaws`, codes in :data:`FLAW_TYPES`): the ground truth that a
+progress critic's filter is measured against, never a training signal.
 """
 from __future__ import annotations
 
@@ -24,6 +28,16 @@ import numpy as np
 from bytemini_driver.expert import CLOSED, OPEN, ScriptedExpert, ScriptedExpertConfig
 from bytemini_driver.ik import DualArmIK
 from bytemini_driver.task import threaded_from_end
+
+
+FLAW_TYPES = ("none", "miss", "drop", "pause", "creep", "give_up")
+"""Per-step flaw codes (their index): ``miss`` = the off-target approach and insertion of an
+attempt that missed the eyelet, and the back-off after it; ``drop`` = the lace slipping out and
+the whole regrasp (reach, descend, grasp, lift again); ``pause`` = a hesitation; ``creep`` = a
+slow, creeping approach to the lace; ``give_up`` = the operator letting go and withdrawing."""
+MISS, DROP, PAUSE, CREEP, GIVE_UP = (FLAW_TYPES.index(n) for n in FLAW_TYPES[1:])
+#: phases that redo the grasp after a drop (named apart from the first grasp's phases)
+REGRASP = "regrasp/"
 
 
 @dataclass
@@ -83,6 +97,10 @@ class FlawedDemonstrator(ScriptedExpert):
         self.rng = rng
         self.inner_radius = inner_radius
         self.flaws = EpisodeFlaws()
+        self.acted: list[tuple[str, int]] = []
+        """per act() call: the phase it acted in and the insertion attempt then"""
+        self.missed: set[int] = set()
+        """insertion attempts that missed the eyelet"""
         self.jitter = {s: np.zeros(4) for s in ("left", "right")}
         self.miss_plan = [rng.random() < d.miss_prob]
         self.miss_plan.append(self.miss_plan[0] and rng.random() < d.second_miss_prob)
@@ -110,6 +128,32 @@ class FlawedDemonstrator(ScriptedExpert):
             plan = plan[:at] + [("give_up", self._give_up)]
         self.phases = plan
         self._originals = phases
+
+    def act(self, lace: np.ndarray, q_measured: np.ndarray, dt: float | None = None
+            ) -> np.ndarray:
+        out = super().act(lace, q_measured, dt)
+        self.acted.append((self.phase, self.attempt))
+        return out
+
+    def step_flaws(self) -> np.ndarray:
+        """(n_act,) uint8: the :data:`FLAW_TYPES` code of every act() call so far. A miss is
+        known only once the insertion is checked, so the labels are computed afterwards."""
+        out = np.zeros(len(self.acted), np.uint8)
+        gave_up = False
+        for i, (name, attempt) in enumerate(self.acted):
+            gave_up = gave_up or name == "give_up"
+            if gave_up:
+                out[i] = GIVE_UP                  # and everything after it
+            elif name == "pause":
+                out[i] = PAUSE
+            elif name in ("drop", "regrasp") or name.startswith(REGRASP):
+                out[i] = DROP
+            elif name == "back_off" or (name in ("align", "insert", "check_threaded")
+                                        and attempt in self.missed):
+                out[i] = MISS
+            elif name == "approach" and self.flaws.creep:
+                out[i] = CREEP
+        return out
 
     # --------------------------------------------------------------------- flaws
     def _scaled(self, fn, scale: float):
@@ -147,6 +191,7 @@ class FlawedDemonstrator(ScriptedExpert):
         tip_past = (lace[self.end] - self.center) @ self.axis > 0.005
         if ok and tip_past:
             return 0.0
+        self.missed.add(self.attempt)
         self.attempt += 1
         if self.attempt > 3:                      # three misses: this operator gives up
             self.phases = self.phases[:self.phase_i + 1] + [("give_up", self._give_up)]
@@ -174,10 +219,10 @@ class FlawedDemonstrator(ScriptedExpert):
     def _regrasp(self, lace: np.ndarray) -> float:
         self.flaws.retry_keyframes.append(self.steps)
         o = self._originals
-        self.insert_phases(("approach", self._scaled(o["approach"], 1.0)),
-                           ("descend", o["descend"]),
-                           ("grasp", lambda lc: self._set_grip(self.picker, CLOSED)),
-                           ("lift", o["lift"]))
+        self.insert_phases((REGRASP + "approach", self._scaled(o["approach"], 1.0)),
+                           (REGRASP + "descend", o["descend"]),
+                           (REGRASP + "grasp", lambda lc: self._set_grip(self.picker, CLOSED)),
+                           (REGRASP + "lift", o["lift"]))
         cur = self._pose4(self.picker)
         return self._move(self.picker, np.r_[cur[:2], cur[2] + 0.03, cur[3]])
 

@@ -10,8 +10,9 @@ import pytest
 
 from grrl_trainer import keys
 from grrl_trainer.data.collect import GRIPPERS as GRIPPER_COLUMNS, CollectConfig, collect
-from grrl_trainer.data.dataset import (DatasetError, EpisodeDataset, EpisodeRecord, episode_path,
-                                  read_meta, write_episode)
+from bytemini_driver.demonstrator import FLAW_TYPES, MISS
+from grrl_trainer.data.dataset import (FLAW, DatasetError, EpisodeDataset, EpisodeRecord,
+                                       episode_path, read_meta, write_episode)
 from grrl_trainer.data.mirror import mirror_sample
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig, episode_task_arrays
 
@@ -128,6 +129,33 @@ def test_bad_files_are_named_and_the_rest_loads(tiny: Path, caplog):
     assert not episode_path(tiny, 5).exists()
 
 
+def test_flaw_labels_round_trip_and_version_1_files_are_still_read(tmp_path: Path):
+    rec = record(1, 8, True, images=False)
+    rec.flaw = np.array([0, 0, 1, 1, 0, 3, 3, 0], np.uint8)
+    write_episode(episode_path(tmp_path, 1), rec)
+    old = record(2, 6, False, images=False)            # no labels: what version 1 held
+    write_episode(episode_path(tmp_path, 2), old)
+    with h5py.File(episode_path(tmp_path, 2), "a") as f:
+        f.attrs["schema_version"] = 1
+    ds = EpisodeDataset(tmp_path, strict=True)
+    assert [m["flaw_labels"] for m in ds.episodes] == [True, False]
+    np.testing.assert_array_equal(ds.load(0, FLAW), rec.flaw)
+    bad = record(3, 4, True, images=False)
+    bad.flaw = np.array([0, len(FLAW_TYPES), 0, 0])
+    with pytest.raises(ValueError, match="flaw codes"):
+        write_episode(episode_path(tmp_path, 3), bad)
+    bad.flaw = np.zeros(3, np.uint8)
+    with pytest.raises(ValueError, match="task/flaw has 3 steps"):
+        write_episode(episode_path(tmp_path, 3), bad)
+    assert not episode_path(tmp_path, 3).exists()
+    ds.close()
+    # codes written under another list of flaw names are refused, not misread
+    with h5py.File(episode_path(tmp_path, 1), "a") as f:
+        f.attrs["flaw_types"] = '["none", "drop"]'
+    with pytest.raises(DatasetError, match="flaw codes"):
+        EpisodeDataset(tmp_path, strict=True)
+
+
 @pytest.mark.slow
 def test_collection_is_resumable_and_annotates_retries(tmp_path: Path):
     cfg = CollectConfig(image_size=32, left_bias=1.0, time_limit=40.0)
@@ -139,6 +167,12 @@ def test_collection_is_resumable_and_annotates_retries(tmp_path: Path):
         assert "left lace end" in meta["instruction"] and meta["cameras"] == list(keys.CAMERAS)
         assert 1 <= len(meta["retry_keyframes"]) and meta["flaws"]["misses"] >= 1
         assert 0 < meta["retry_keyframes"][0] < meta["n_steps"]
+        # per-step ground truth: the retry begins inside the miss segment (the back-off), and
+        # the off-target approach before it is labelled too
+        flaw = EpisodeDataset(tmp_path).load(seed, FLAW)
+        k = meta["retry_keyframes"][0]
+        assert meta["flaw_labels"] and flaw[k] == MISS and (flaw[:k] == MISS).sum() >= 10
+        assert flaw[0] != MISS and flaw[-1] != MISS
     # a killed run leaves a temp file and a corrupt episode: both are handled on resume
     (tmp_path / "episodes" / "ep_000002.tmp123").write_bytes(b"partial")
     episode_path(tmp_path, 1).write_bytes(b"garbage")

@@ -141,6 +141,11 @@ class Collector:
                                for a in action_joints])
         joints = np.array(obs["q"])
         keyframes = sorted({min(step // dec, n - 1) for step in demo.flaws.retry_keyframes})
+        # dataset step i acts through control steps i*dec .. i*dec+dec-1: it carries the flaw
+        # of any of them (the largest code if two meet in one step)
+        per_act = demo.step_flaws()
+        per_act = np.pad(per_act, (0, max(0, n * dec - len(per_act))))[:n * dec]
+        flaw = per_act.reshape(n, dec).max(axis=1)
         flaws = demo.flaws.as_dict()
         flaws["failure"] = "" if state.success else (state.jam_reason or (
             "gave up" if demo.flaws.gave_up else "time limit"))
@@ -150,7 +155,7 @@ class Collector:
             joints=joints, tcp=np.array(obs["tcp"]), gripper=joints[:, GRIPPERS],
             action_joints=action_joints, action_tcp=action_tcp,
             action_gripper=action_joints[:, GRIPPERS], stage=np.array(obs["stage"]),
-            retry_keyframes=keyframes, scene=p.as_dict(), flaws=flaws,
+            retry_keyframes=keyframes, scene=p.as_dict(), flaws=flaws, flaw=flaw,
             images={c: np.array(v) for c, v in images.items()}, lace=np.array(obs["lace"]))
 
 
@@ -179,6 +184,10 @@ def write_info(root: Path, config: CollectConfig) -> None:
             "collection": json.loads(json.dumps(asdict(config)))}  # as it reads back
     if info_path.exists():
         old = json.loads(info_path.read_text())
+        if old.get("schema_version") != SCHEMA_VERSION:
+            raise DatasetError(f"{root} holds episodes of schema version "
+                               f"{old.get('schema_version')}; this code collects version "
+                               f"{SCHEMA_VERSION}: use a new directory")
         # a field the dataset's info lacks was added later: the dataset had its default
         defaults = json.loads(json.dumps(asdict(CollectConfig())))
         if {**defaults, **old.get("collection", {})} != info["collection"]:

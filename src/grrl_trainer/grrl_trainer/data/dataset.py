@@ -5,7 +5,7 @@ Layout of a dataset directory::
     info.json                 schema version, step rate, image size, how it was collected
     episodes/ep_<seed>.h5     one episode (written to a temporary file, then renamed)
 
-Schema version 1 of an episode file (T steps at ``fps``; layouts as in :mod:`grrl_trainer.keys`):
+Schema version 2 of an episode file (T steps at ``fps``; layouts as in :mod:`grrl_trainer.keys`):
 
     attrs: schema_version, episode_id, seed, mirrored, instruction, success, fps, n_steps,
            retry_keyframes (int array, dataset steps), scene (JSON), flaws (JSON), source
@@ -19,6 +19,12 @@ Schema version 1 of an episode file (T steps at ``fps``; layouts as in :mod:`grr
     action/tcp_pose               (T, 2, 7)     float32  FK of that target
     action/gripper                (T, 2)        float32
     task/stage                    (T,)          uint8    ground-truth stage (0..4), for plots
+    task/flaw                     (T,)          uint8    ground-truth flaw of the step (optional:
+                                                         simulated demonstrations only), codes
+                                                         named by the attr ``flaw_types``
+
+Version 1 is version 2 without ``task/flaw``; it is still read (``meta["flaw_labels"]`` False).
+The flaw labels are for measuring a filter against the truth, never for training.
 
 A retry keyframe m marks the step where a retry begins; the steps 0..m form a hindsight
 failed trajectory (paper section 3.1).
@@ -35,10 +41,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from bytemini_driver.demonstrator import FLAW_TYPES
 from grrl_trainer import keys
 
 LOG = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FLAW = "task/flaw"
 EPISODE_GLOB = "ep_*.h5"
 
 #: HDF5 dataset path of each sample key
@@ -81,6 +90,8 @@ class EpisodeRecord:
     images: dict[str, np.ndarray] = field(default_factory=dict)
     lace: np.ndarray | None = None
     source: str = "sim"
+    flaw: np.ndarray | None = None
+    """(T,) uint8 ground-truth flaw codes (bytemini_driver.demonstrator.FLAW_TYPES), if known"""
 
     def __len__(self) -> int:
         return len(self.timestamp)
@@ -98,6 +109,10 @@ def write_episode(path: Path, rec: EpisodeRecord) -> Path:
               "observation/gripper": rec.gripper, "action/joint_positions": rec.action_joints,
               "action/tcp_pose": rec.action_tcp, "action/gripper": rec.action_gripper,
               "task/stage": np.asarray(rec.stage, np.uint8)}
+    if rec.flaw is not None:
+        if np.asarray(rec.flaw).max(initial=0) >= len(FLAW_TYPES):
+            raise ValueError(f"flaw codes of episode {rec.episode_id} outside 0..{len(FLAW_TYPES) - 1}")
+        arrays[FLAW] = np.asarray(rec.flaw, np.uint8)
     for name, arr in arrays.items():
         if len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} steps, timestamp has {n}")
@@ -115,6 +130,8 @@ def write_episode(path: Path, rec: EpisodeRecord) -> Path:
                        retry_keyframes=np.asarray(rec.retry_keyframes, np.int64),
                        scene=json.dumps(rec.scene), flaws=json.dumps(rec.flaws),
                        source=rec.source)
+        if rec.flaw is not None:
+            f.attrs["flaw_types"] = json.dumps(list(FLAW_TYPES))
         for name, arr in arrays.items():
             a = np.asarray(arr)
             f.create_dataset(name, data=a if a.dtype != np.float64 or name == "timestamp"
@@ -134,9 +151,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("schema_version", -1))
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise DatasetError(f"{path}: schema version {version} is not supported "
-                                   f"(this code reads version {SCHEMA_VERSION})")
+                                   f"(this code reads versions {READABLE_VERSIONS})")
             meta = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v)
                     for k, v in f.attrs.items()}
             n = int(meta["n_steps"])
@@ -148,6 +165,13 @@ def read_meta(path: Path) -> dict[str, Any]:
             meta["cameras"] = sorted(f["observation/images"]) if "observation/images" in f \
                 else []
             meta["has_lace"] = "observation/lace" in f
+            meta["flaw_labels"] = FLAW in f
+            if FLAW in f:
+                if len(f[FLAW]) != n:
+                    raise DatasetError(f"{path}: {FLAW} has {len(f[FLAW])} steps, expected {n}")
+                if json.loads(meta.get("flaw_types", "[]")) != list(FLAW_TYPES):
+                    raise DatasetError(f"{path}: flaw codes {meta.get('flaw_types')} differ "
+                                       f"from this code's {list(FLAW_TYPES)}")
     except DatasetError:
         raise
     except (OSError, KeyError, ValueError) as exc:
