@@ -3,6 +3,7 @@ dataset with it, and plot what it learned.
 
     grrl-critic train  --data DIR --out RUN [--kind distributional|regression|time] [--steps N]
     grrl-critic filter --data DIR --critic RUN/critic --out RUN/filter.npz [--delta 0.05] [--plot 6]
+    grrl-critic evaluate --data DIR --critic RUN/critic --out RUN/flaws.json [--truth step]
     grrl-critic compare --data DIR --episode E --critic NAME=PATH ... --out fig7.png
 
 A training run directory holds ``critic.{safetensors,json}`` when done (a GR-RL model whose
@@ -27,11 +28,12 @@ import numpy as np
 import torch
 
 from grrl_critic.filtering import FilterConfig
+from grrl_critic.flaw_metrics import FlawEvalConfig
 from grrl_critic.td3bc import CriticTrainer, DivergedError, TD3BCConfig
 from grrl_policy.checkpoint import CheckpointError
 from grrl_tools.config_cli import add_arguments, from_args
 from grrl_trainer.data.batches import model_stats
-from grrl_trainer.data.dataset import DatasetError, EpisodeDataset
+from grrl_trainer.data.dataset import FLAW, DatasetError, EpisodeDataset
 from grrl_trainer.data.windows import TransitionWindows, WindowConfig
 from grrl_trainer.offline.run_utils import (Cadence, RunLog, _atomic_torch_save, _graceful_sigint,
                                             check_resumable, checkpoint_intact,
@@ -246,6 +248,29 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from grrl_trainer.offline.progress_filter import evaluate_critic, load_critic
+    model, _, _, _ = load_critic(args.critic)
+    cfg = from_args(args, FlawEvalConfig(horizon=model.cfg.horizon))
+    path, ev = evaluate_critic(args.critic, args.data, args.out, cfg, progress=not args.quiet)
+    print(f"critic vs ground-truth flaws: {ev.samples} samples, {100 * ev.flawed_fraction:.1f}% "
+          f"flawed (truth per {cfg.truth}, k {cfg.horizon})")
+    print("  AUROC of the drop score: " + ", ".join(
+        f"{n} {v:.3f}" if v is not None else f"{n} -" for n, v in ev.auroc.items()))
+    p = ev.precision_at_recall
+    print(f"  best precision at recall >= {cfg.recall_target}: "
+          + (f"{p['all']:.3f} (drop > {p['threshold']:.4f})" if p["all"] is not None else "-"))
+    print("  delta  removed  precision  recall")
+    for r in ev.by_delta:
+        prec = "-" if r["precision"] is None else f"{r['precision']:.3f}"
+        print(f"  {r['delta']:5.3f}  {100 * r['removed_fraction']:6.1f}%  {prec:>9}  {r['recall']:.3f}")
+    c = ev.calibration
+    print(f"  calibration: ECE {c['ece']:.3f}; rho at the start / end of successful episodes "
+          f"{c['rho_first_successful']} / {c['rho_last_successful']}")
+    print(f"  wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
 def plot_filtered(data_dir: str | Path, filter_path: str | Path, n: int, out: str | Path) -> Path:
     """Fig. 3 for ``n`` episodes, those with retry keyframes first."""
     from grrl_trainer.offline.progress_plots import ProgressCurve, plot_progress
@@ -259,7 +284,8 @@ def plot_filtered(data_dir: str | Path, filter_path: str | Path, n: int, out: st
         m = metas[e]
         curves.append(ProgressCurve(f["progress"][sel], f["keep"][sel], [int(x) for x in m["retry_keyframes"]],
                                     f"episode {e} (seed {m.get('seed', '?')}, {'success' if m['success'] else 'failure'}): "
-                                    f"{m['instruction']}"))
+                                    f"{m['instruction']}",
+                                    dataset.load(e, FLAW) if m.get("flaw_labels") else None))
     return plot_progress(curves, out)
 
 
@@ -316,17 +342,28 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(f, FilterConfig(), given_only=True)
     f.add_argument("--plot", type=int, default=FIG3_EPISODES,
                    help=f"episodes in the Fig. 3 plot (0: none; default: {FIG3_EPISODES})")
+    v = sub.add_parser("evaluate", help="measure a critic against the ground-truth flaw labels",
+                       description="AUROC of the filter's drop score per flaw type, precision and "
+                                   "recall of the delta rule over delta, and the calibration of "
+                                   "rho, against the demonstrator's per-step flaw labels "
+                                   "(dataset schema 2). Without --horizon, k is the critic's "
+                                   "chunk length.")
+    v.add_argument("--data", required=True, help="dataset directory with flaw labels")
+    v.add_argument("--critic", required=True, help="critic checkpoint (RUN/critic)")
+    v.add_argument("--out", required=True, help="result (.json; a .png plot goes beside it)")
+    add_arguments(v, FlawEvalConfig(), given_only=True)
     c = sub.add_parser("compare", help="Fig. 7: progress of several critics on one episode")
     c.add_argument("--data", required=True, help="dataset directory (grrl-data collect)")
     c.add_argument("--episode", type=int, required=True, help="dataset index of the episode")
     c.add_argument("--critic", action="append", required=True, help="NAME=PATH (repeat)")
     c.add_argument("--out", required=True, help="the figure (.png)")
-    for p in (t, f, c):
+    for p in (t, f, v, c):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        return {"train": _train, "filter": _filter, "compare": _compare}[args.cmd](args)
+        return {"train": _train, "filter": _filter, "evaluate": _evaluate,
+                "compare": _compare}[args.cmd](args)
     except (ValueError, DatasetError, DivergedError, FileNotFoundError, CheckpointError) as exc:
         print(f"grrl-critic {args.cmd}: error: {exc}", file=sys.stderr)
         return 2

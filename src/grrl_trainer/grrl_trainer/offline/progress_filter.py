@@ -2,6 +2,7 @@
 (paper section 3.1): the glue between the dataset and :mod:`grrl_critic.filtering`."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from grrl_critic.filtering import FilterConfig, FilterResult, keep_mask, summarize
+from grrl_critic.flaw_metrics import FlawEvalConfig, FlawEvaluation, evaluate_flaws
 from grrl_critic.td3bc import critic_progress
 from grrl_policy.checkpoint import load_checkpoint
 from grrl_policy.model import GRRLModel
@@ -84,6 +86,37 @@ def run_filter(critic: str | Path, data_dir: str | Path, out: str | Path, cfg: F
                     "transitions_per_second": rate})
     path = result.save(out, summary)
     return path, summary
+
+
+def evaluate_critic(critic: str | Path, data_dir: str | Path, out: str | Path,
+                    cfg: FlawEvalConfig, batch_size: int = 512, progress: bool = True
+                    ) -> tuple[Path, FlawEvaluation]:
+    """Measure a critic's progress against the dataset's ground-truth flaw labels: ``out``
+    (.json) and a plot beside it (.png). Episodes without labels (schema 1, converted
+    recordings) are left out and counted; a dataset with none is refused."""
+    from bytemini_driver.demonstrator import FLAW_TYPES
+    from grrl_trainer.data.dataset import FLAW
+    from grrl_trainer.offline.progress_plots import plot_flaw_evaluation
+    model, kind, reduce, position = load_critic(critic)
+    dataset = EpisodeDataset(data_dir)
+    labelled = [e for e, m in enumerate(dataset.episodes) if m.get("flaw_labels")]
+    if not labelled:
+        raise ValueError(f"{data_dir} has no per-step flaw labels (collect it again with this "
+                         f"version: dataset schema 2)")
+    rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
+    rho = {e: rho[e] for e in labelled}
+    flaw = {e: dataset.load(e, FLAW) for e in labelled}
+    success = {e: bool(dataset.episodes[e]["success"]) for e in labelled}
+    ev = evaluate_flaws(rho, flaw, success, FLAW_TYPES, cfg)
+    doc = {"critic": str(critic), "kind": kind, "progress_reduce": reduce,
+           "progress_position": position, "data": str(data_dir), "episodes": len(labelled),
+           "episodes_without_labels": len(dataset.episodes) - len(labelled),
+           "transitions_per_second": rate, **ev.as_dict()}
+    out = Path(out).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    plot_flaw_evaluation(ev, out.with_suffix(".png"), f"{kind} critic {critic} on {data_dir}")
+    return out, ev
 
 
 def _has(dataset: EpisodeDataset, name: str) -> bool:

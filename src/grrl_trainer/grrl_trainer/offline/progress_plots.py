@@ -20,6 +20,12 @@ class ProgressCurve:
     keyframes: list[int] = field(default_factory=list)
     """retry keyframes (dataset steps)"""
     title: str = ""
+    flaw: np.ndarray | None = None
+    """(T,) ground-truth flaw codes (FLAW_TYPES), drawn as a band under the curve"""
+
+
+FLAW_COLORS = {"miss": "tab:orange", "drop": "tab:purple", "pause": "tab:gray",
+               "creep": "tab:olive", "give_up": "k"}
 
 
 def _save(fig, out: str | Path) -> Path:
@@ -60,6 +66,13 @@ def plot_progress(curves: list[ProgressCurve], out: str | Path, fps: float = 10.
                            label="removed by the filter" if i == 0 else None)
         for i, m in enumerate(c.keyframes):
             ax.axvline(m / fps, color="k", ls="--", lw=1, label="retry keyframe" if i == 0 else None)
+        if c.flaw is not None:
+            from bytemini_driver.demonstrator import FLAW_TYPES
+            for code in np.unique(c.flaw[c.flaw > 0]):
+                name = FLAW_TYPES[int(code)]
+                for i, (a, b) in enumerate(_removed_spans(c.flaw != code)):
+                    ax.fill_between([a / fps, b / fps], -0.02, 0.04, color=FLAW_COLORS[name],
+                                    lw=0, label=f"flaw: {name}" if i == 0 else None)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("ρ")
         ax.set_title(c.title, fontsize=9)
@@ -88,4 +101,43 @@ def plot_critic_comparison(curves: dict[str, np.ndarray], out: str | Path, title
     ax.set_ylabel("progress (scaled)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_flaw_evaluation(ev, out: str | Path, title: str = "") -> Path:
+    """One figure of a :class:`grrl_critic.flaw_metrics.FlawEvaluation`: ROC of the drop score
+    per flaw type, the delta rule's precision and recall, and the calibration of rho."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    for name, (fpr, tpr) in ev.curves.items():
+        auc = ev.auroc.get(name)
+        a.plot(fpr, tpr, lw=2 if name == "all" else 1.2, color=FLAW_COLORS.get(name, "tab:blue"),
+               label=f"{name}: AUROC {auc:.2f}" if auc is not None else name)
+    a.plot([0, 1], [0, 1], color="0.7", ls=":", lw=1)
+    a.set_xlabel("false-positive rate (clean samples removed)")
+    a.set_ylabel("true-positive rate (flawed samples removed)")
+    a.set_title("drop score vs ground truth", fontsize=9)
+    a.legend(fontsize=7, loc="lower right")
+    d = [r["delta"] for r in ev.by_delta]
+    b.plot(d, [r["precision"] if r["precision"] is not None else np.nan for r in ev.by_delta],
+           "o-", label="precision")
+    b.plot(d, [r["recall"] for r in ev.by_delta], "s-", label="recall")
+    b.plot(d, [r["removed_fraction"] for r in ev.by_delta], "^--", color="0.5",
+           label="removed fraction")
+    b.set_xlabel("δ")
+    b.set_ylim(-0.02, 1.02)
+    b.set_title(f"the δ rule (truth per {ev.config.truth}, {100 * ev.flawed_fraction:.0f}% flawed)",
+                fontsize=9)
+    b.legend(fontsize=7)
+    bins = ev.calibration["bins"]
+    c.plot([0, 1], [0, 1], color="0.7", ls=":", lw=1)
+    c.plot([r["predicted"] for r in bins], [r["empirical"] for r in bins], "o-")
+    c.set_xlabel("predicted progress ρ (bin mean)")
+    c.set_ylabel("empirical discounted success")
+    c.set_title(f"calibration (ECE {ev.calibration['ece']:.3f})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, out)
