@@ -6,9 +6,14 @@ removed from the behaviour-cloning data. "Drops by more than delta" is, by ``dro
 
 * ``peak_to_trough`` (default): max over t <= i < j <= t+k of rho_i - rho_j — any fall within
   the window, also one spread over several small steps;
-* ``consecutive``: max over t <= i < t+k of rho_i - rho_{i+1} — a single-step fall only.
+* ``consecutive``: max over t <= i < t+k of rho_i - rho_{i+1} — a single-step fall only;
+* ``shortfall``: max over t <= i < j <= t+k of rho_i gamma^-(j-i) - rho_j — how far rho_j falls
+  short of where it would be had the demonstrator progressed at the clean rate from i. Under the
+  reward of eq. (1) the value of a successful trajectory grows by 1/gamma per step, so a step
+  that wastes time (a pause, a creeping approach, the detour of a retry) leaves rho flat, which
+  is a shortfall of (1/gamma - 1) rho per step that the plain drop cannot see.
 
-The paper does not say which; both are config.
+The paper does not say which; all are config (the paper's plain reading is the default).
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+DROPS = ("peak_to_trough", "consecutive", "shortfall")
+
+
 @dataclass
 class FilterConfig:
     """The suboptimality rule."""
@@ -32,16 +40,22 @@ class FilterConfig:
     """k: the window rho_{t:t+k} (the chunk length)"""
     drop: str = "peak_to_trough"
     """how a drop is measured: 'peak_to_trough' (the deepest fall below an earlier value in the
-    window) or 'consecutive' (the largest fall from one step to the next)"""
+    window), 'consecutive' (the largest fall from one step to the next) or 'shortfall' (the
+    deepest fall below the clean-rate growth rho_i / gamma^(j-i))"""
+    gamma: float = 0.99
+    """the critic's discount per step (the clean rate of the 'shortfall' drop)"""
 
     def __post_init__(self) -> None:
-        if self.drop not in ("peak_to_trough", "consecutive"):
-            raise ValueError(f"drop must be 'peak_to_trough' or 'consecutive', got {self.drop!r}")
+        if self.drop not in DROPS:
+            raise ValueError(f"drop must be one of {DROPS}, got {self.drop!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.delta < 0 or self.horizon < 1:
             raise ValueError("delta must be >= 0 and horizon >= 1")
 
 
-def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough") -> np.ndarray:
+def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough",
+                gamma: float = 0.99) -> np.ndarray:
     """(T,) progress → (T,) the largest drop within rho_{t:t+k} (window clipped at the end)."""
     rho = np.asarray(rho, dtype=np.float64)
     if rho.ndim != 1:
@@ -56,6 +70,11 @@ def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough") -> 
             continue
         if drop == "consecutive":
             out[t] = max(0.0, float(np.max(w[:-1] - w[1:])))
+        elif drop == "shortfall":
+            # rho_i gamma^-(j-i) - rho_j = gamma^-j (a_i - a_j) with a_i = rho_i gamma^i
+            g = gamma ** np.arange(len(w))
+            a = w * g
+            out[t] = max(0.0, float(np.max((np.maximum.accumulate(a)[:-1] - a[1:]) / g[1:])))
         else:
             # the running maximum before each point minus the point: the deepest fall
             out[t] = max(0.0, float(np.max(np.maximum.accumulate(w)[:-1] - w[1:])))
@@ -64,7 +83,7 @@ def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough") -> 
 
 def keep_mask(rho: np.ndarray, cfg: FilterConfig) -> np.ndarray:
     """(T,) bool: True for the samples that are kept (no drop > delta in their window)."""
-    return window_drop(rho, cfg.horizon, cfg.drop) <= cfg.delta
+    return window_drop(rho, cfg.horizon, cfg.drop, cfg.gamma) <= cfg.delta
 
 
 @dataclass

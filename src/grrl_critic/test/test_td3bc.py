@@ -191,6 +191,17 @@ def test_window_drop_rules():
     np.testing.assert_allclose(window_drop(rho, 3, "peak_to_trough"), [0.08, 0.08, 0.03, 0, 0, 0])
     np.testing.assert_allclose(window_drop(rho, 3, "consecutive"), [0.05, 0.05, 0.03, 0, 0, 0])
     assert list(keep_mask(rho, FilterConfig(delta=0.04, horizon=3))) == [False, False, True, True, True, True]
+    # shortfall: a clean trajectory's rho = gamma^(T-t) has none; a flat stretch (a pause) has
+    # (1/gamma^n - 1) rho after n steps, which the plain drop does not see
+    g, T = 0.9, 8
+    clean = g ** (T - np.arange(T + 1))
+    np.testing.assert_allclose(window_drop(clean, 3, "shortfall", g), 0, atol=1e-12)
+    paused = np.r_[clean[:4], [clean[3]] * 3, clean[4:]]
+    assert window_drop(paused, 3, "peak_to_trough").max() == 0
+    sf = window_drop(paused, 3, "shortfall", g)
+    assert sf[3] == pytest.approx(clean[3] * (g ** -3 - 1)) and sf[0] > 0 and sf[-3:].max() < 1e-12
+    with pytest.raises(ValueError, match="drop must be one of"):
+        FilterConfig(drop="sideways")
     with pytest.raises(ValueError, match="non-finite"):
         window_drop(np.array([0.1, np.nan]), 2)
 
