@@ -23,6 +23,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
+            'progress_node = grrl_critic.progress_node:main',
         ],
     },
 )

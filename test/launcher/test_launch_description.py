@@ -107,11 +107,14 @@ def test_malformed_files(tmp_path: Path, text: str, match: str):
 
 def test_substitutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("GRRL_X", "ex")
-    ctx = Context(tmp_path / "f.launch.xml", {"a": "true", "b": "false", "n": "grrl_trainer"})
+    ctx = Context(tmp_path / "f.launch.xml", {"a": "true", "b": "false", "n": "grrl_trainer",
+                                              "e": ""})
     assert ctx.subst("$(env GRRL_X)-$(env GRRL_NOPE dflt)") == "ex-dflt"
     assert ctx.subst("$(not $(var a)) $(and $(var a) $(var b)) $(or $(var a) $(var b))") == \
         "false false true"
     assert ctx.subst("$(equals $(var a) true) $(not-equals x y)") == "true true"
+    # an empty argument, quoted (sim.launch.xml: a progress node unless critic is empty)
+    assert ctx.subst("$(equals '$(var e)' '') $(equals '$(var a)' '')") == "true false"
     assert ctx.subst("$(dirname)") == str(tmp_path)
     assert ctx.subst("$(find-pkg-share $(var n))").endswith("share/grrl_trainer")
     assert ctx.subst("$(anon n)") == ctx.subst("$(anon n)") != "n"

@@ -112,9 +112,10 @@ def find_executable(package: str, executable: str) -> Path:
 # ----------------------------------------------------------------------- substitutions
 
 def _split_top(text: str) -> list[str]:
-    """Split the argument string of a substitution on whitespace outside nested ``$()``."""
+    """Split the argument string of a substitution on whitespace outside nested ``$()``; a
+    quoted argument may be empty (``$(equals $(var x) '')``)."""
     parts: list[str] = []
-    depth, cur, quote = 0, "", None
+    depth, cur, quote, quoted = 0, "", None, False
     i = 0
     while i < len(text):
         ch = text[i]
@@ -124,7 +125,7 @@ def _split_top(text: str) -> list[str]:
             else:
                 cur += ch
         elif ch in "'\"" and depth == 0:
-            quote = ch
+            quote, quoted = ch, True
         elif text.startswith("$(", i):
             depth += 1
             cur += "$("
@@ -134,15 +135,15 @@ def _split_top(text: str) -> list[str]:
             depth -= 1
             cur += ch
         elif ch.isspace() and depth == 0:
-            if cur:
+            if cur or quoted:
                 parts.append(cur)
-            cur = ""
+            cur, quoted = "", False
         else:
             cur += ch
         i += 1
     if quote:
         raise LaunchError(f"unterminated quote in substitution arguments '{text}'")
-    if cur:
+    if cur or quoted:
         parts.append(cur)
     return parts
 

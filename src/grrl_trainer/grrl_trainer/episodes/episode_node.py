@@ -4,8 +4,10 @@ A goal resets the scene through the driver's ``bytemini/reset_scene`` service, p
 instruction (latched) on ``grrl/instruction``, follows the stages from the simulator's
 ``bytemini/sim/task_state``, sends feedback, enforces the time limit, honours cancel, and
 returns the result with the sparse reward (eq. 1). Events go to ``grrl/episode``; the episode
-(images, joint states, commands, action chunks, events, task states) is written to an MCAP
-file in rosbag2 layout.
+(images, joint states, commands, action chunks, events, task states, live progress) is written
+to an MCAP file in rosbag2 layout. When a progress node publishes ``grrl/progress``, the
+feedback's ``progress`` is the running episode's newest rho (else -1), and a plot of rho over
+the episode is saved in the record's directory (``progress.png``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -29,7 +32,7 @@ from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.lockstep import STEP_ACK_TOPIC
 from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
 from grrl_interfaces.action import RunEpisode
-from grrl_interfaces.msg import EpisodeEvent, TaskState
+from grrl_interfaces.msg import EpisodeEvent, TaskProgress, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
 from grrl_trainer.episodes.episode import (CANCELLED, INVALID, STAGE_NAMES, SUCCESS, EpisodeMonitor,
                                   new_episode_id)
@@ -58,7 +61,10 @@ RECORD_TOPICS = {
     "grrl/action_chunk": "grrl_interfaces/msg/ActionChunk",
     "grrl/episode": "grrl_interfaces/msg/EpisodeEvent",
     "grrl/instruction": "std_msgs/msg/String",
+    "grrl/progress": "grrl_interfaces/msg/TaskProgress",
 }
+PROGRESS_PLOT = "progress.png"
+"""the plot of the live task progress saved in an episode's record directory"""
 
 
 def stamp_s(stamp) -> float:
@@ -130,6 +136,11 @@ class EpisodeNode(Node):
         self.task_wall = 0.0
         self.task_lock = threading.Lock()
         self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
+                                 callback_group=group)
+        self.progress: list[tuple[float, float]] = []
+        """(stamp, rho) of the running episode from grrl/progress (a progress node)"""
+        self.progress_lock = threading.Lock()
+        self.create_subscription(TaskProgress, "grrl/progress", self.on_progress, 50,
                                  callback_group=group)
         self.recorder: EpisodeRecorder | None = None
         self.typestore = typestore_with_custom_types()
@@ -299,6 +310,18 @@ class EpisodeNode(Node):
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
+    def on_progress(self, msg: TaskProgress) -> None:
+        cur = self.current
+        if cur is None or msg.episode_id != cur[0].episode_id or not np.isfinite(msg.progress):
+            return
+        with self.progress_lock:
+            self.progress.append((stamp_s(msg.header.stamp), float(msg.progress)))
+
+    def latest_progress(self) -> float:
+        """rho of the running episode's newest chunk, -1 if none came."""
+        with self.progress_lock:
+            return self.progress[-1][1] if self.progress else -1.0
+
     def on_cancel(self, handle) -> CancelResponse:
         return CancelResponse.ACCEPT
 
@@ -439,6 +462,8 @@ class EpisodeNode(Node):
             self.recorder = EpisodeRecorder(Path(record_path), topics, self.typestore)
         self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
         self.steps = 0
+        with self.progress_lock:
+            self.progress = []
         self.current = (mon, goal, instruction)
         self.pub_instruction.publish(String(data=instruction))
         self._event(mon, EpisodeEvent.EVENT_STARTED, goal, goal.seed, instruction, record_path)
@@ -495,7 +520,7 @@ class EpisodeNode(Node):
                 next_feedback = mon.elapsed + period
                 handle.publish_feedback(RunEpisode.Feedback(
                     elapsed=mon.elapsed, stage=mon.stage, stage_name=STAGE_NAMES[mon.stage],
-                    progress=-1.0))
+                    progress=self.latest_progress()))
             time.sleep(0.02)
         event = {SUCCESS: EpisodeEvent.EVENT_FINISHED, CANCELLED: EpisodeEvent.EVENT_ABORTED,
                  INVALID: EpisodeEvent.EVENT_INVALID}.get(mon.status, EpisodeEvent.EVENT_FINISHED)
@@ -514,6 +539,7 @@ class EpisodeNode(Node):
                 time.sleep(0.01)
             self.recorder = None
             counts = rec.close()
+            self._plot_progress(mon, Path(record_path), instruction)
         else:
             self._event(mon, event, goal, goal.seed, instruction, record_path)
         result.success = mon.success
@@ -531,6 +557,21 @@ class EpisodeNode(Node):
         else:
             handle.succeed()
         return result
+
+
+    def _plot_progress(self, mon: EpisodeMonitor, record: Path, instruction: str) -> None:
+        """The live progress of the episode beside its record (if a progress node sent any)."""
+        with self.progress_lock:
+            points = sorted(self.progress)
+        if not points:
+            return
+        try:
+            from grrl_trainer.offline.progress_plots import plot_episode_progress
+            t, rho = np.array(points).T
+            plot_episode_progress(t, rho, record / PROGRESS_PLOT,
+                                  f"{mon.episode_id} ({mon.status}): {instruction}")
+        except (OSError, ValueError, RuntimeError) as e:   # a plot must not fail the episode
+            self.get_logger().warn(f"progress plot not saved: {e}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,9 +119,14 @@ class EpisodeRunner(Node):
         for i in range(n):
             goal = RunEpisode.Goal(seed=seed0 + i, time_limit=float(self.param("time_limit")),
                                    mirrored=bool(self.param("mirrored")))
+            progress: list[float] = []
+
+            def feedback(msg) -> None:
+                if msg.feedback.progress >= 0:         # -1: no progress node
+                    progress.append(float(msg.feedback.progress))
             try:
                 handle = send_goal(self.client, goal, self._spin_until,
-                                   feedback_callback=lambda f: None)
+                                   feedback_callback=feedback)
             except TimeoutError as exc:
                 log.error(f"episode {i}: {exc} (is the episode node alive?)")
                 return 2
@@ -140,8 +145,9 @@ class EpisodeRunner(Node):
             if wrapped.status != 4:  # not SUCCEEDED: the episode could not be run properly
                 failures += 1
             stages = ", ".join(r.stage_names_reached) or "none"
+            live = f" | progress {progress[-1]:.2f} (max {max(progress):.2f})" if progress else ""
             print(f"episode {i + 1}/{n} seed {goal.seed}: {'SUCCESS' if r.success else 'FAILURE'}"
-                  f" | stages: {stages} | reward {r.reward:.0f} | {r.message} | record: "
+                  f" | stages: {stages} | reward {r.reward:.0f}{live} | {r.message} | record: "
                   f"{r.record_path or '-'}", flush=True)
         print(f"success {successes}/{n} ({100.0 * successes / max(n, 1):.0f}%)", flush=True)
         # a failed task is a result, not an error; invalid or rejected episodes are errors

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from grrl_critic.filtering import FilterConfig, FilterResult, keep_mask, summarize
 from grrl_critic.flaw_metrics import FlawEvalConfig, FlawEvaluation, evaluate_flaws
+import grrl_critic.progress
 from grrl_critic.td3bc import critic_progress
-from grrl_policy.checkpoint import load_checkpoint
 from grrl_policy.model import GRRLModel
 from grrl_trainer.data.batches import collate
 from grrl_trainer.data.dataset import EpisodeDataset
@@ -28,12 +28,8 @@ def observation_of(model: GRRLModel) -> str:
 
 def load_critic(path: str | Path) -> tuple[GRRLModel, str, str, str]:
     """A critic checkpoint written by ``grrl-critic train``: (model, kind, reduce, position)."""
-    model, meta = load_checkpoint(path)
-    if meta.extra.get("role") != "critic":
-        raise ValueError(f"{path} is not a critic checkpoint (role {meta.extra.get('role')!r})")
-    x = meta.extra
-    return model.eval(), str(x.get("kind", "distributional")), str(x.get("progress_reduce", "mean")), \
-        str(x.get("progress_position", "first"))
+    model, kind, reduce, position, _ = grrl_critic.progress.load_critic(path)
+    return model, kind, reduce, position
 
 
 def dataset_progress(model: GRRLModel, kind: str, reduce: str, dataset: EpisodeDataset,

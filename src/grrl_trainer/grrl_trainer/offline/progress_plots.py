@@ -141,3 +141,19 @@ def plot_flaw_evaluation(ev, out: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, out)
+
+
+def plot_episode_progress(t: np.ndarray, rho: np.ndarray, out: str | Path, title: str = "") -> Path:
+    """The live task progress of one episode: rho (per action chunk) over its time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    ax.plot(np.asarray(t, float) - float(t[0]), rho, "o-", ms=2.5, lw=1.2, color="tab:blue")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time since the first chunk (s)")
+    ax.set_ylabel("progress ρ")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
