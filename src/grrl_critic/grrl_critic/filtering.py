@@ -11,7 +11,12 @@ removed from the behaviour-cloning data. "Drops by more than delta" is, by ``dro
   short of where it would be had the demonstrator progressed at the clean rate from i. Under the
   reward of eq. (1) the value of a successful trajectory grows by 1/gamma per step, so a step
   that wastes time (a pause, a creeping approach, the detour of a retry) leaves rho flat, which
-  is a shortfall of (1/gamma - 1) rho per step that the plain drop cannot see.
+  is a shortfall of (1/gamma - 1) rho per step that the plain drop cannot see;
+* ``log_drop`` and ``log_shortfall``: the same two on log rho (rho floored at ``rho_floor``):
+  relative falls, delta in log units (0.1 ~ a 10% fall). Along a successful demonstration rho
+  grows from gamma^T (~0.15 here) to 1, so an absolute delta is ~7x stricter at the end than at
+  the start; a relative one treats a mistake the same wherever it happens. ``log_shortfall`` is
+  the peak-to-trough fall of log rho_t + t log gamma, which is constant along a clean success.
 
 The paper does not say which; all are config (the paper's plain reading is the default).
 """
@@ -27,7 +32,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-DROPS = ("peak_to_trough", "consecutive", "shortfall")
+DROPS = ("peak_to_trough", "consecutive", "shortfall", "log_drop", "log_shortfall")
 
 
 @dataclass
@@ -40,10 +45,13 @@ class FilterConfig:
     """k: the window rho_{t:t+k} (the chunk length)"""
     drop: str = "peak_to_trough"
     """how a drop is measured: 'peak_to_trough' (the deepest fall below an earlier value in the
-    window), 'consecutive' (the largest fall from one step to the next) or 'shortfall' (the
-    deepest fall below the clean-rate growth rho_i / gamma^(j-i))"""
+    window), 'consecutive' (the largest fall from one step to the next), 'shortfall' (the
+    deepest fall below the clean-rate growth rho_i / gamma^(j-i)), or 'log_drop' /
+    'log_shortfall' (the first and the third on log rho: relative falls)"""
     gamma: float = 0.99
-    """the critic's discount per step (the clean rate of the 'shortfall' drop)"""
+    """the critic's discount per step (the clean rate of the 'shortfall' drops)"""
+    rho_floor: float = 1e-3
+    """rho is floored here before the log of the 'log_' drops"""
 
     def __post_init__(self) -> None:
         if self.drop not in DROPS:
@@ -55,13 +63,18 @@ class FilterConfig:
 
 
 def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough",
-                gamma: float = 0.99) -> np.ndarray:
+                gamma: float = 0.99, rho_floor: float = 1e-3) -> np.ndarray:
     """(T,) progress → (T,) the largest drop within rho_{t:t+k} (window clipped at the end)."""
     rho = np.asarray(rho, dtype=np.float64)
     if rho.ndim != 1:
         raise ValueError(f"rho must be 1-D, got shape {rho.shape}")
     if not np.isfinite(rho).all():
         raise ValueError("progress contains non-finite values (a diverged critic?)")
+    if drop == "log_drop":
+        return window_drop(np.log(np.maximum(rho, rho_floor)), horizon)
+    if drop == "log_shortfall":
+        u = np.log(np.maximum(rho, rho_floor)) + np.arange(len(rho)) * np.log(gamma)
+        return window_drop(u, horizon)
     T = len(rho)
     out = np.zeros(T)
     for t in range(T):
@@ -83,7 +96,7 @@ def window_drop(rho: np.ndarray, horizon: int, drop: str = "peak_to_trough",
 
 def keep_mask(rho: np.ndarray, cfg: FilterConfig) -> np.ndarray:
     """(T,) bool: True for the samples that are kept (no drop > delta in their window)."""
-    return window_drop(rho, cfg.horizon, cfg.drop, cfg.gamma) <= cfg.delta
+    return window_drop(rho, cfg.horizon, cfg.drop, cfg.gamma, cfg.rho_floor) <= cfg.delta
 
 
 @dataclass

@@ -44,7 +44,9 @@ class FlawEvalConfig:
     drop: str = "peak_to_trough"
     """the filter's drop measure (grrl_critic.filtering.FilterConfig.drop)"""
     drop_gamma: float = 0.99
-    """the clean rate of the 'shortfall' drop (the critic's gamma)"""
+    """the clean rate of the 'shortfall' drops (the critic's gamma)"""
+    rho_floor: float = 1e-3
+    """rho is floored here before the log of the 'log_' drops"""
     truth: str = "step"
     """a sample is flawed if its 'step' is, if any step of its 'chunk' a_{t:t+k} is, or if its
     chunk holds a flaw's first step ('onset')"""
@@ -168,8 +170,8 @@ def evaluate_flaws(rho: dict[int, np.ndarray], flaw: dict[int, np.ndarray],
     for e in eps:
         if len(rho[e]) != len(flaw[e]):
             raise ValueError(f"episode {e}: {len(rho[e])} progress values, {len(flaw[e])} labels")
-    score = np.concatenate([window_drop(rho[e], cfg.horizon, cfg.drop, cfg.drop_gamma)
-                            for e in eps])
+    score = np.concatenate([window_drop(rho[e], cfg.horizon, cfg.drop, cfg.drop_gamma,
+                                        cfg.rho_floor) for e in eps])
     code = np.concatenate([flawed_samples(flaw[e], cfg.horizon, cfg.truth) for e in eps])
     flawed = code > 0
     types = {name: i for i, name in enumerate(flaw_types) if i > 0}

@@ -200,6 +200,15 @@ def test_window_drop_rules():
     assert window_drop(paused, 3, "peak_to_trough").max() == 0
     sf = window_drop(paused, 3, "shortfall", g)
     assert sf[3] == pytest.approx(clean[3] * (g ** -3 - 1)) and sf[0] > 0 and sf[-3:].max() < 1e-12
+    # relative drops: the same 10% fall scores the same early (rho 0.2) and late (rho 0.9)
+    early = window_drop(np.array([0.2, 0.18, 0.2]), 2, "log_drop")[0]
+    late = window_drop(np.array([0.9, 0.81, 0.9]), 2, "log_drop")[0]
+    assert early == pytest.approx(late) == pytest.approx(-np.log(0.9))
+    np.testing.assert_allclose(window_drop(clean, 3, "log_shortfall", g), 0, atol=1e-12)
+    lsf = window_drop(paused, 3, "log_shortfall", g)
+    assert lsf[3] == pytest.approx(-3 * np.log(g)) and lsf[-3:].max() < 1e-12
+    assert window_drop(np.array([0.5, 0.0]), 1, "log_drop", rho_floor=0.05)[0] == \
+        pytest.approx(np.log(10))
     with pytest.raises(ValueError, match="drop must be one of"):
         FilterConfig(drop="sideways")
     with pytest.raises(ValueError, match="non-finite"):

@@ -56,8 +56,10 @@ def test_train_resume_filter_and_plot(tmp_path):
     assert len(f["keep"]) == 30 + 24 + 20 and np.isfinite(f["progress"]).all()
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["samples"] == 74 and summary["transitions_per_second"] > 0
-    # without --horizon the window is the critic's chunk (4); the mask is the delta rule's
-    assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "peak_to_trough"}
+    # without --horizon the window is the critic's chunk (4) and gamma its discount (0.9); the
+    # mask is the delta rule's
+    assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "peak_to_trough",
+                                 "gamma": 0.9, "rho_floor": 0.001}
     for e in range(3):
         sel = f["episode"] == e
         np.testing.assert_array_equal(

@@ -228,10 +228,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from grrl_trainer.offline.progress_filter import load_critic, run_filter
-    model, _, _, _ = load_critic(args.critic)
-    # k defaults to the critic's chunk length; flags given win
-    cfg = from_args(args, FilterConfig(horizon=model.cfg.horizon))
+    from grrl_trainer.offline.progress_filter import run_filter
+    model, gamma = _critic_defaults(args.critic)
+    # k and gamma default to the critic's chunk length and discount; flags given win
+    cfg = from_args(args, FilterConfig(horizon=model.cfg.horizon, gamma=gamma))
     path, summary = run_filter(args.critic, args.data, args.out, cfg, progress=not args.quiet)
     kept = summary["kept_fraction"]
     print(f"filter: kept {summary['kept']} of {summary['samples']} samples ({100 * kept:.1f}%), "
@@ -248,10 +248,17 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _critic_defaults(path: str):
+    """The critic's model and its discount (what a filter's window and clean rate default to)."""
+    from grrl_critic.progress import load_critic
+    model, _, _, _, meta = load_critic(path)
+    return model, float(meta.extra.get("gamma", TD3BCConfig.gamma))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from grrl_trainer.offline.progress_filter import evaluate_critic, load_critic
-    model, _, _, _ = load_critic(args.critic)
-    cfg = from_args(args, FlawEvalConfig(horizon=model.cfg.horizon))
+    from grrl_trainer.offline.progress_filter import evaluate_critic
+    model, gamma = _critic_defaults(args.critic)
+    cfg = from_args(args, FlawEvalConfig(horizon=model.cfg.horizon, drop_gamma=gamma))
     path, ev = evaluate_critic(args.critic, args.data, args.out, cfg, progress=not args.quiet)
     print(f"critic vs ground-truth flaws: {ev.samples} samples, {100 * ev.flawed_fraction:.1f}% "
           f"flawed (truth per {cfg.truth}, k {cfg.horizon})")
