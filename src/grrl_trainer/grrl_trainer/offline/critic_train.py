@@ -46,7 +46,7 @@ STATE_FORMAT = 1
 CRITIC_NAME = "critic"
 CSV_FIELDS = ("step", "critic_loss", "actor_loss", "q_mean", "grad_norm", "samples_per_s")
 FIG3_EPISODES = 6
-"""episodes in the Fig. 3 plot of a filter (those with retry keyframes first)"""
+"""episodes in the Fig. 3 plot of a filter (successful and failed, most retries first)"""
 
 
 @dataclass
@@ -279,12 +279,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def plot_filtered(data_dir: str | Path, filter_path: str | Path, n: int, out: str | Path) -> Path:
-    """Fig. 3 for ``n`` episodes, those with retry keyframes first."""
+    """Fig. 3 for ``n`` episodes: the successful and the failed ones with the most retries."""
     from grrl_trainer.offline.progress_plots import ProgressCurve, plot_progress
     f = np.load(filter_path)
     dataset = EpisodeDataset(data_dir)
     metas = dataset.episodes
-    order = sorted(range(len(metas)), key=lambda e: (-len(metas[e]["retry_keyframes"]), e))[:n]
+    # the episodes with the most retries, successful and failed ones alike
+    by_retries = sorted(range(len(metas)), key=lambda e: (-len(metas[e]["retry_keyframes"]), e))
+    ok = [e for e in by_retries if metas[e]["success"]]
+    failed = [e for e in by_retries if not metas[e]["success"]]
+    order = ok[:(n + 1) // 2] + failed[:n // 2]
+    order += [e for e in by_retries if e not in order][:n - len(order)]
     curves = []
     for e in order:
         sel = f["episode"] == e
