@@ -70,6 +70,48 @@ def test_train_resume_filter_and_plot(tmp_path):
     assert code == 0 and (tmp_path / "fig7.png").exists()
 
 
+def labelled_data(root: Path) -> Path:
+    """make_data's episodes with ground-truth flaw labels around their keyframes."""
+    for seed, (T, ok) in enumerate(zip((30, 24, 20), (True, False, True))):
+        rec = record(seed, T, ok, keyframes=[5] if seed else [])
+        rec.flaw = np.zeros(T, np.uint8)
+        rec.flaw[2:7] = 1 if seed else 0
+        rec.flaw[10:13] = 3
+        write_episode(episode_path(root, seed), rec)
+    return root
+
+
+def test_evaluate_against_flaw_labels_and_select_a_checkpoint(tmp_path, capsys):
+    from grrl_policy.checkpoint import file_sha256
+    data = labelled_data(tmp_path / "data")
+    run = tmp_path / "run"
+    final = train_critic(data, run, cfg(), progress=False)
+    code = critic_train.main(["evaluate", "--data", str(data), "--critic", str(final), "--out",
+                              str(tmp_path / "ev.json"), "--truth", "chunk", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert set(ev["auroc"]) == {"all", "miss", "pause"} and ev["samples"] == 74
+    assert ev["config"]["truth"] == "chunk" and ev["config"]["horizon"] == 4
+    assert ev["config"]["drop_gamma"] == 0.9 and (tmp_path / "ev.png").stat().st_size > 0
+    # the stopping rule: checkpoints in step order until `patience` without improvement
+    code = critic_train.main(["select", "--run", str(run), "--data", str(data), "--patience", "1",
+                              "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((run / "selection.json").read_text())
+    steps = [r["step"] for r in doc["rows"]]
+    assert steps == sorted(steps) and steps[0] == 10 and len(steps) >= 2
+    best = max(doc["rows"], key=lambda r: r["auroc"]["all"])
+    assert doc["selected"]["step"] == best["step"]
+    assert file_sha256(run / "critic_selected.safetensors") == \
+        file_sha256(Path(best["checkpoint"] + ".safetensors"))
+    assert read_meta(run / "critic_selected").extra["role"] == "critic"
+    # a dataset without labels is refused with the reason
+    make_data(tmp_path / "plain")
+    code = critic_train.main(["evaluate", "--data", str(tmp_path / "plain"), "--critic",
+                              str(final), "--out", str(tmp_path / "x.json"), "--quiet"])
+    assert code == 2 and "no per-step flaw labels" in capsys.readouterr().err
+
+
 def test_a_dataset_without_failures_or_keyframes_is_refused(tmp_path, capsys):
     data = make_data(tmp_path / "data", failures=False, keyframes=False)
     code = critic_train.main(["train", "--data", str(data), "--out", str(tmp_path / "run"),

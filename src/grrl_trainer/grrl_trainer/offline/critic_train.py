@@ -4,6 +4,7 @@ dataset with it, and plot what it learned.
     grrl-critic train  --data DIR --out RUN [--kind distributional|regression|time] [--steps N]
     grrl-critic filter --data DIR --critic RUN/critic --out RUN/filter.npz [--delta 0.05] [--plot 6]
     grrl-critic evaluate --data DIR --critic RUN/critic --out RUN/flaws.json [--truth step]
+    grrl-critic select --run RUN --data HELDOUT [--patience 2]
     grrl-critic compare --data DIR --episode E --critic NAME=PATH ... --out fig7.png
 
 A training run directory holds ``critic.{safetensors,json}`` when done (a GR-RL model whose
@@ -278,6 +279,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(args: argparse.Namespace) -> int:
+    from grrl_trainer.offline.progress_filter import select_checkpoint
+    first = sorted((Path(args.run) / "checkpoints").glob("step_*.json"))
+    if not first:
+        raise ValueError(f"{args.run}: no checkpoints")
+    model, gamma = _critic_defaults(first[0].with_suffix(""))
+    cfg = from_args(args, FlawEvalConfig(horizon=model.cfg.horizon, drop_gamma=gamma,
+                                         truth="chunk", drop="log_shortfall"))
+    path, rows = select_checkpoint(args.run, args.data, cfg, args.patience,
+                                   progress=not args.quiet)
+    for r in rows:
+        a = r["auroc"]
+        print(f"  step {r['step']:6d}: AUROC {a['all']:.3f} (miss {a.get('miss') or 0:.3f}, "
+              f"drop {a.get('drop') or 0:.3f}), precision at recall >= {cfg.recall_target}: "
+              f"{r['precision_at_recall'] or 0:.3f}, ECE {r['ece']:.3f}")
+    print(f"selected {path} (step {json.loads((Path(args.run) / 'selection.json').read_text())['selected']['step']}); "
+          f"wrote {Path(args.run) / 'selection.json'} and selection.png")
+    return 0
+
+
 def plot_filtered(data_dir: str | Path, filter_path: str | Path, n: int, out: str | Path) -> Path:
     """Fig. 3 for ``n`` episodes: the successful and the failed ones with the most retries."""
     from grrl_trainer.offline.progress_plots import ProgressCurve, plot_progress
@@ -364,17 +385,29 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--critic", required=True, help="critic checkpoint (RUN/critic)")
     v.add_argument("--out", required=True, help="result (.json; a .png plot goes beside it)")
     add_arguments(v, FlawEvalConfig(), given_only=True)
+    sel = sub.add_parser("select", help="the stopping rule: pick a run's checkpoint by held-out "
+                                        "flaw AUROC",
+                         description="Evaluate a critic run's checkpoints in step order on held-out "
+                                     "episodes with flaw labels (truth per chunk, log_shortfall "
+                                     "drop unless given); stop once the AUROC over all flaws has "
+                                     "not improved for --patience checkpoints; copy the best to "
+                                     "RUN/critic_selected.")
+    sel.add_argument("--run", required=True, help="critic run directory (grrl-critic train --out)")
+    sel.add_argument("--data", required=True, help="held-out dataset with flaw labels")
+    sel.add_argument("--patience", type=int, default=2,
+                     help="checkpoints without improvement before stopping (default: 2)")
+    add_arguments(sel, FlawEvalConfig(), given_only=True)
     c = sub.add_parser("compare", help="Fig. 7: progress of several critics on one episode")
     c.add_argument("--data", required=True, help="dataset directory (grrl-data collect)")
     c.add_argument("--episode", type=int, required=True, help="dataset index of the episode")
     c.add_argument("--critic", action="append", required=True, help="NAME=PATH (repeat)")
     c.add_argument("--out", required=True, help="the figure (.png)")
-    for p in (t, f, v, c):
+    for p in (t, f, v, sel, c):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        return {"train": _train, "filter": _filter, "evaluate": _evaluate,
+        return {"train": _train, "filter": _filter, "evaluate": _evaluate, "select": _select,
                 "compare": _compare}[args.cmd](args)
     except (ValueError, DatasetError, DivergedError, FileNotFoundError, CheckpointError) as exc:
         print(f"grrl-critic {args.cmd}: error: {exc}", file=sys.stderr)

@@ -90,20 +90,10 @@ def evaluate_critic(critic: str | Path, data_dir: str | Path, out: str | Path,
     """Measure a critic's progress against the dataset's ground-truth flaw labels: ``out``
     (.json) and a plot beside it (.png). Episodes without labels (schema 1, converted
     recordings) are left out and counted; a dataset with none is refused."""
-    from bytemini_driver.demonstrator import FLAW_TYPES
-    from grrl_trainer.data.dataset import FLAW
     from grrl_trainer.offline.progress_plots import plot_flaw_evaluation
-    model, kind, reduce, position = load_critic(critic)
     dataset = EpisodeDataset(data_dir)
-    labelled = [e for e, m in enumerate(dataset.episodes) if m.get("flaw_labels")]
-    if not labelled:
-        raise ValueError(f"{data_dir} has no per-step flaw labels (collect it again with this "
-                         f"version: dataset schema 2)")
-    rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
-    rho = {e: rho[e] for e in labelled}
-    flaw = {e: dataset.load(e, FLAW) for e in labelled}
-    success = {e: bool(dataset.episodes[e]["success"]) for e in labelled}
-    ev = evaluate_flaws(rho, flaw, success, FLAW_TYPES, cfg)
+    ev, labelled, rate = _flaw_evaluation(critic, dataset, cfg, batch_size, progress)
+    _, kind, reduce, position = load_critic(critic)
     doc = {"critic": str(critic), "kind": kind, "progress_reduce": reduce,
            "progress_position": position, "data": str(data_dir), "episodes": len(labelled),
            "episodes_without_labels": len(dataset.episodes) - len(labelled),
@@ -113,6 +103,65 @@ def evaluate_critic(critic: str | Path, data_dir: str | Path, out: str | Path,
     out.write_text(json.dumps(doc, indent=1))
     plot_flaw_evaluation(ev, out.with_suffix(".png"), f"{kind} critic {critic} on {data_dir}")
     return out, ev
+
+
+def _flaw_evaluation(critic: str | Path, dataset: EpisodeDataset, cfg: FlawEvalConfig,
+                     batch_size: int, progress: bool) -> tuple[FlawEvaluation, list[int], float]:
+    from bytemini_driver.demonstrator import FLAW_TYPES
+    from grrl_trainer.data.dataset import FLAW
+    model, kind, reduce, position = load_critic(critic)
+    labelled = [e for e, m in enumerate(dataset.episodes) if m.get("flaw_labels")]
+    if not labelled:
+        raise ValueError(f"{dataset.root} has no per-step flaw labels (collect it again with "
+                         f"this version: dataset schema 2)")
+    rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
+    ev = evaluate_flaws({e: rho[e] for e in labelled},
+                        {e: dataset.load(e, FLAW) for e in labelled},
+                        {e: bool(dataset.episodes[e]["success"]) for e in labelled}, FLAW_TYPES, cfg)
+    return ev, labelled, rate
+
+
+def select_checkpoint(run: str | Path, data_dir: str | Path, cfg: FlawEvalConfig,
+                      patience: int = 2, progress: bool = True) -> tuple[Path, list[dict]]:
+    """The stopping rule of the offline critic: evaluate a run's checkpoints in step order on
+    held-out episodes with flaw labels, stop once the ROC-AUC over all flaws has not improved
+    for ``patience`` checkpoints, and copy the best to ``run/critic_selected`` (with
+    ``selection.json`` and ``selection.png`` beside it). Returns its path and the rows."""
+    import shutil
+    from grrl_policy.checkpoint import paths
+    from grrl_trainer.offline.progress_plots import plot_selection
+    run = Path(run)
+    checkpoints = sorted((run / "checkpoints").glob("step_*.json"))
+    if not checkpoints:
+        raise ValueError(f"{run}: no checkpoints (grrl-critic train writes them to "
+                         f"{run / 'checkpoints'})")
+    dataset = EpisodeDataset(data_dir)
+    rows, best, since = [], None, 0
+    for ck in checkpoints:
+        ck = ck.with_suffix("")
+        ev, labelled, _ = _flaw_evaluation(ck, dataset, cfg, 512, progress)
+        row = {"checkpoint": str(ck), "step": int(ck.name.split("_")[-1]), "auroc": ev.auroc,
+               "precision_at_recall": ev.precision_at_recall["all"],
+               "ece": ev.calibration["ece"]}
+        rows.append(row)
+        log.info("%s: held-out AUROC %.3f (miss %s, drop %s)", ck.name, ev.auroc["all"],
+                 ev.auroc.get("miss"), ev.auroc.get("drop"))
+        if best is None or ev.auroc["all"] > best["auroc"]["all"]:
+            best, since = row, 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    out = run / "critic_selected"
+    for src, dst in zip(paths(best["checkpoint"]), paths(out)):   # weights, then the JSON
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    doc = {"data": str(data_dir), "episodes": len(labelled), "patience": patience,
+           "selected": best, "rows": rows, "config": ev.as_dict()["config"]}
+    (run / "selection.json").write_text(json.dumps(doc, indent=1))
+    plot_selection(rows, best["step"], run / "selection.png", f"{run}: held-out flaw AUROC")
+    return out, rows
 
 
 def _has(dataset: EpisodeDataset, name: str) -> bool:

@@ -157,3 +157,22 @@ def plot_episode_progress(t: np.ndarray, rho: np.ndarray, out: str | Path, title
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, out)
+
+
+def plot_selection(rows: list[dict], selected: int, out: str | Path, title: str = "") -> Path:
+    """Held-out flaw ROC-AUC of a critic run's checkpoints over training steps, per flaw type."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    steps = [r["step"] for r in rows]
+    for name in rows[0]["auroc"]:
+        ax.plot(steps, [r["auroc"].get(name) or np.nan for r in rows], "o-",
+                lw=2 if name == "all" else 1, color=FLAW_COLORS.get(name, "tab:blue"), label=name)
+    ax.axvline(selected, color="k", ls="--", lw=1, label="selected")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out ROC-AUC")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=3)
+    return _save(fig, out)
