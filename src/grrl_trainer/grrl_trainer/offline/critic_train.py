@@ -279,6 +279,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+SELECT_DEFAULTS = {"truth": "chunk", "drop": "log_shortfall"}
+"""how `select` scores a checkpoint unless told otherwise (docs/results/critic: the rule that
+ranks the flaws best, and the truth that matches what a BC sample imitates)"""
+
+
 def _select(args: argparse.Namespace) -> int:
     from grrl_trainer.offline.progress_filter import select_checkpoint
     first = sorted((Path(args.run) / "checkpoints").glob("step_*.json"))
@@ -286,7 +291,7 @@ def _select(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.run}: no checkpoints")
     model, gamma = _critic_defaults(first[0].with_suffix(""))
     cfg = from_args(args, FlawEvalConfig(horizon=model.cfg.horizon, drop_gamma=gamma,
-                                         truth="chunk", drop="log_shortfall"))
+                                         **SELECT_DEFAULTS))
     path, rows = select_checkpoint(args.run, args.data, cfg, args.patience,
                                    progress=not args.quiet)
     for r in rows:
@@ -396,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     sel.add_argument("--data", required=True, help="held-out dataset with flaw labels")
     sel.add_argument("--patience", type=int, default=2,
                      help="checkpoints without improvement before stopping (default: 2)")
-    add_arguments(sel, FlawEvalConfig(), given_only=True)
+    add_arguments(sel, FlawEvalConfig(**SELECT_DEFAULTS), given_only=True)
     c = sub.add_parser("compare", help="Fig. 7: progress of several critics on one episode")
     c.add_argument("--data", required=True, help="dataset directory (grrl-data collect)")
     c.add_argument("--episode", type=int, required=True, help="dataset index of the episode")
