@@ -92,8 +92,8 @@ def evaluate_critic(critic: str | Path, data_dir: str | Path, out: str | Path,
     recordings) are left out and counted; a dataset with none is refused."""
     from grrl_trainer.offline.progress_plots import plot_flaw_evaluation
     dataset = EpisodeDataset(data_dir)
-    ev, labelled, rate = _flaw_evaluation(critic, dataset, cfg, batch_size, progress)
-    _, kind, reduce, position = load_critic(critic)
+    ev, labelled, rate, (kind, reduce, position) = _flaw_evaluation(critic, dataset, cfg,
+                                                                     batch_size, progress)
     doc = {"critic": str(critic), "kind": kind, "progress_reduce": reduce,
            "progress_position": position, "data": str(data_dir), "episodes": len(labelled),
            "episodes_without_labels": len(dataset.episodes) - len(labelled),
@@ -106,7 +106,8 @@ def evaluate_critic(critic: str | Path, data_dir: str | Path, out: str | Path,
 
 
 def _flaw_evaluation(critic: str | Path, dataset: EpisodeDataset, cfg: FlawEvalConfig,
-                     batch_size: int, progress: bool) -> tuple[FlawEvaluation, list[int], float]:
+                     batch_size: int, progress: bool
+                     ) -> tuple[FlawEvaluation, list[int], float, tuple[str, str, str]]:
     from bytemini_driver.demonstrator import FLAW_TYPES
     from grrl_trainer.data.dataset import FLAW
     model, kind, reduce, position = load_critic(critic)
@@ -118,7 +119,7 @@ def _flaw_evaluation(critic: str | Path, dataset: EpisodeDataset, cfg: FlawEvalC
     ev = evaluate_flaws({e: rho[e] for e in labelled},
                         {e: dataset.load(e, FLAW) for e in labelled},
                         {e: bool(dataset.episodes[e]["success"]) for e in labelled}, FLAW_TYPES, cfg)
-    return ev, labelled, rate
+    return ev, labelled, rate, (kind, reduce, position)
 
 
 def select_checkpoint(run: str | Path, data_dir: str | Path, cfg: FlawEvalConfig,
@@ -139,7 +140,7 @@ def select_checkpoint(run: str | Path, data_dir: str | Path, cfg: FlawEvalConfig
     rows, best, since = [], None, 0
     for ck in checkpoints:
         ck = ck.with_suffix("")
-        ev, labelled, _ = _flaw_evaluation(ck, dataset, cfg, 512, progress)
+        ev, labelled, _, _ = _flaw_evaluation(ck, dataset, cfg, 512, progress)
         row = {"checkpoint": str(ck), "step": int(ck.name.split("_")[-1]), "auroc": ev.auroc,
                "precision_at_recall": ev.precision_at_recall["all"],
                "ece": ev.calibration["ece"]}
