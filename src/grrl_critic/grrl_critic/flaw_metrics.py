@@ -147,6 +147,9 @@ class FlawEvaluation:
     precision_at_recall: dict[str, float | None]
     by_delta: list[dict]
     calibration: dict
+    by_stage: dict = field(default_factory=dict)
+    """per task stage (when stages were given): samples, flawed fraction and the delta rows
+    (removed fraction, precision, recall): where in the task the filter removes, and how well"""
     curves: dict = field(default_factory=dict, repr=False)
     """ROC curves per type, for the plot (not in the JSON)"""
 
@@ -159,9 +162,10 @@ class FlawEvaluation:
 
 def evaluate_flaws(rho: dict[int, np.ndarray], flaw: dict[int, np.ndarray],
                    success: dict[int, bool], flaw_types: tuple[str, ...],
-                   cfg: FlawEvalConfig | None = None) -> FlawEvaluation:
+                   cfg: FlawEvalConfig | None = None,
+                   stages: dict[int, np.ndarray] | None = None) -> FlawEvaluation:
     """rho, flaw: {episode: (T,)} progress and flaw codes (0 = none, names in ``flaw_types``);
-    success: {episode: bool}."""
+    success: {episode: bool}; stages: {episode: (T,)} task stage per step (optional)."""
     cfg = cfg or FlawEvalConfig()
     eps = sorted(rho)
     missing = [e for e in eps if e not in flaw]
@@ -191,22 +195,37 @@ def evaluate_flaws(rho: dict[int, np.ndarray], flaw: dict[int, np.ndarray],
     rows = []
     for delta in cfg.deltas:
         removed = score > delta
-        tp = int((removed & flawed).sum())
-        rows.append({"delta": float(delta), "removed_fraction": float(removed.mean()),
-                     "precision": tp / max(int(removed.sum()), 1) if removed.any() else None,
-                     "recall": tp / max(int(flawed.sum()), 1),
+        rows.append({**_delta_row(removed, flawed, delta),
                      "recall_by_type": {n: float(removed[code == i].mean())
                                         for n, i in present.items()},
                      "removed_clean_fraction": float(removed[~flawed].mean()) if (~flawed).any()
                      else None})
+    by_stage = {}
+    if stages is not None:
+        stage = np.concatenate([np.asarray(stages[e]) for e in eps])
+        if len(stage) != len(score):
+            raise ValueError(f"{len(stage)} stage labels for {len(score)} samples")
+        for s in np.unique(stage):
+            sel = stage == s
+            by_stage[str(int(s))] = {
+                "samples": int(sel.sum()), "flawed_fraction": float(flawed[sel].mean()),
+                "by_delta": [_delta_row(score[sel] > d, flawed[sel], d) for d in cfg.deltas]}
     return FlawEvaluation(
         config=cfg, samples=len(score), flawed_fraction=float(flawed.mean()),
         samples_by_type={n: int((code == i).sum()) for n, i in present.items()},
         auroc=roc, precision_at_recall=prec_at, by_delta=rows,
-        calibration=calibration(rho, success, cfg.gamma, cfg.calibration_bins),
+        calibration=calibration(rho, success, cfg.gamma, cfg.calibration_bins), by_stage=by_stage,
         curves={"all": roc_curve(score, flawed),
                 **{n: roc_curve(score[(code == i) | ~flawed], code[(code == i) | ~flawed] == i)
                    for n, i in present.items()}})
+
+
+def _delta_row(removed: np.ndarray, flawed: np.ndarray, delta: float) -> dict:
+    """Removed fraction, precision of the removals and recall of the flawed samples."""
+    tp = int((removed & flawed).sum())
+    return {"delta": float(delta), "removed_fraction": float(removed.mean()),
+            "precision": tp / int(removed.sum()) if removed.any() else None,
+            "recall": tp / max(int(flawed.sum()), 1)}
 
 
 def calibration(rho: dict[int, np.ndarray], success: dict[int, bool], gamma: float,

@@ -73,6 +73,28 @@ def test_a_critic_whose_progress_falls_at_misses_scores_them_and_not_the_clean_s
     assert "curves" not in d and d["config"]["horizon"] == k
 
 
+def test_by_stage_says_where_the_filter_removes_and_how_well():
+    T, k = 40, 4
+    rho, flaw, stages = {}, {}, {}
+    for e in range(6):
+        r = np.linspace(0.2, 1.0, T)
+        f = np.zeros(T, np.uint8)
+        r[25:30] -= 0.3                            # a fall in stage 1 where a miss is labelled
+        f[25:30] = 1
+        r[5] -= 0.3                                # a fall in stage 0 on clean steps
+        rho[e], flaw[e] = r, f
+        stages[e] = (np.arange(T) >= 20).astype(np.int8)
+    cfg = FlawEvalConfig(horizon=k, truth="chunk", deltas=(0.1,))
+    ev = evaluate_flaws(rho, flaw, {e: True for e in rho}, TYPES, cfg, stages)
+    s0, s1 = ev.by_stage["0"], ev.by_stage["1"]
+    assert s0["samples"] + s1["samples"] == 6 * T and s0["flawed_fraction"] == 0.0
+    assert s0["by_delta"][0]["removed_fraction"] > 0 and s0["by_delta"][0]["precision"] == 0.0
+    assert s1["by_delta"][0]["precision"] == 1.0 and s1["by_delta"][0]["recall"] > 0
+    assert evaluate_flaws(rho, flaw, {e: True for e in rho}, TYPES, cfg).by_stage == {}
+    with pytest.raises(ValueError, match="stage labels"):
+        evaluate_flaws(rho, flaw, {e: True for e in rho}, TYPES, cfg, {e: np.zeros(3) for e in rho})
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="no flaw labels"):
         evaluate_flaws({0: np.zeros(3)}, {}, {0: True}, TYPES)

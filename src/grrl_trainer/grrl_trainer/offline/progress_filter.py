@@ -118,7 +118,8 @@ def _flaw_evaluation(critic: str | Path, dataset: EpisodeDataset, cfg: FlawEvalC
     rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
     ev = evaluate_flaws({e: rho[e] for e in labelled},
                         {e: dataset.load(e, FLAW) for e in labelled},
-                        {e: bool(dataset.episodes[e]["success"]) for e in labelled}, FLAW_TYPES, cfg)
+                        {e: bool(dataset.episodes[e]["success"]) for e in labelled}, FLAW_TYPES, cfg,
+                        {e: dataset.load(e, "task/stage") for e in labelled})
     return ev, labelled, rate, (kind, reduce, position)
 
 
