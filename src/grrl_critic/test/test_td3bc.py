@@ -177,7 +177,7 @@ def test_filter_finds_injected_mistakes_with_a_trained_critic(target_actions):
     removed, truth = [], []
     for ps, success, frames, bad in eps:
         rho = episode_progress(trainer, ps, k)
-        removed.append(~keep_mask(rho, FilterConfig(delta=0.02, horizon=k)))
+        removed.append(~keep_mask(rho, FilterConfig(delta=0.02, horizon=k, drop="peak_to_trough")))
         # truly suboptimal: the chunk a_{t:t+k} contains a step of a mistake
         truth.append(np.array([bad[t:t + k].any() for t in range(len(ps) - 1)]))
     removed, truth = np.concatenate(removed), np.concatenate(truth)
@@ -190,7 +190,7 @@ def test_window_drop_rules():
     rho = np.array([0.1, 0.2, 0.15, 0.12, 0.3, 0.4])
     np.testing.assert_allclose(window_drop(rho, 3, "peak_to_trough"), [0.08, 0.08, 0.03, 0, 0, 0])
     np.testing.assert_allclose(window_drop(rho, 3, "consecutive"), [0.05, 0.05, 0.03, 0, 0, 0])
-    assert list(keep_mask(rho, FilterConfig(delta=0.04, horizon=3))) == [False, False, True, True, True, True]
+    assert list(keep_mask(rho, FilterConfig(delta=0.04, horizon=3, drop="peak_to_trough"))) == [False, False, True, True, True, True]
     # shortfall: a clean trajectory's rho = gamma^(T-t) has none; a flat stretch (a pause) has
     # (1/gamma^n - 1) rho after n steps, which the plain drop does not see
     g, T = 0.9, 8

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from grrl_critic.filtering import FilterConfig
 from grrl_tools.config_cli import add_arguments, from_args
 
 LOG = logging.getLogger("grrl-reproduce")
@@ -53,13 +54,18 @@ class ReproduceConfig:
     """flawed demonstrations to collect (seeds 0..demos-1)"""
     left_bias: float = 0.8
     """share of demonstrations that lace the left end (what mirroring has to make up for)"""
-    critic_model: str = '{"tiny": {"width": 64, "layers": 2, "head_dim": 16}, "expert": {"width": 64, "mlp_ratio": 2.0}}'
-    """JSON overrides of the preset for the filtering critic (a smaller model: it only ranks
-    the demonstrations, and TD3+BC trains three heads)"""
-    critic_steps: int = 2000
-    """gradient steps of the critic"""
-    delta: float = 0.05
+    critic_preset: str = "tiny-state"
+    """model preset of the filtering critic (with --observation images: the policies' preset).
+    The chosen critic of docs/results/critic: 'tiny-state' (width 64) with normalised state"""
+    critic_model: str = '{"state_norm": true}'
+    """JSON overrides of the critic's preset"""
+    critic_steps: int = 1000
+    """gradient steps of the critic (1,000: where the held-out flaw AUROC peaked,
+    docs/results/critic; later checkpoints fit the demonstrations and rank the flaws worse)"""
+    delta: float = FilterConfig.delta
     """filter threshold on the progress drop within rho_{t:t+k}"""
+    drop: str = FilterConfig.drop
+    """how the filter measures a drop (grrl_critic.filtering.FilterConfig.drop)"""
     bc_model: str = '{"action_mode": "delta", "action_norm": "per_step", "state_norm": true}'
     """JSON overrides of the preset for the BC policies: the imitation recipe (chunk-relative
     actions, per-step action statistics, normalised state; docs/results/imitation)"""
@@ -205,12 +211,12 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     # 2. critic and filter
     t = stage("critic")
     critic = train_critic(data, out / "critic", CriticRunConfig(
-        preset=cfg.preset, model=json.loads(cfg.critic_model or "{}"), steps=cfg.critic_steps,
+        preset=cfg.critic_preset, model=json.loads(cfg.critic_model or "{}"), steps=cfg.critic_steps,
         batch_size=cfg.batch_size, seed=cfg.seed, td3bc=TD3BCConfig(), device=cfg.device),
         progress=progress)
     spent("critic", t)
     t = stage("filter")
-    filt, summary = filter_once(critic, data, out / "filter.npz", cfg.delta,
+    filt, summary = filter_once(critic, data, out / "filter.npz", FilterConfig(cfg.delta, drop=cfg.drop),
                                 out / "fig3_progress_filter.png", progress)
     spent("filter", t)
 
@@ -327,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_args(args, replace(ReproduceConfig(), **SIZES[args.size]))
     if cfg.observation == "images" and not hasattr(args, "preset"):
         cfg = replace(cfg, preset="tiny-task")          # the image model, unless one is named
+    if cfg.observation == "images" and not hasattr(args, "critic_preset"):
+        cfg = replace(cfg, critic_preset=cfg.preset,    # an image critic: no simulator state
+                      critic_model=getattr(args, "critic_model", "{}"))
     try:
         results = reproduce(args.out, cfg, args.data or None, progress=not args.quiet)
     except KeyboardInterrupt:

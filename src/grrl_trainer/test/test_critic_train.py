@@ -58,12 +58,12 @@ def test_train_resume_filter_and_plot(tmp_path):
     assert summary["samples"] == 74 and summary["transitions_per_second"] > 0
     # without --horizon the window is the critic's chunk (4) and gamma its discount (0.9); the
     # mask is the delta rule's
-    assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "peak_to_trough",
+    assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "log_shortfall",
                                  "gamma": 0.9, "rho_floor": 0.001}
     for e in range(3):
         sel = f["episode"] == e
         np.testing.assert_array_equal(
-            f["keep"][sel], keep_mask(f["progress"][sel], FilterConfig(delta=0.5, horizon=4)))
+            f["keep"][sel], keep_mask(f["progress"][sel], FilterConfig(delta=0.5, horizon=4, gamma=0.9)))
     assert (tmp_path / "f.png").stat().st_size > 0
     code = critic_train.main(["compare", "--data", str(data), "--episode", "0", "--critic",
                               f"distributional={final}", "--out", str(tmp_path / "fig7.png")])

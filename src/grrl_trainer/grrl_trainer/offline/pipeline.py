@@ -42,8 +42,8 @@ class OfflineConfig:
 
     preset: str = BCConfig.preset
     """model preset of critic and policies (grrl_policy.model.preset)"""
-    critic_steps: int = 3000
-    """gradient steps of the critic"""
+    critic_steps: int = 1000
+    """gradient steps of the critic (where the held-out flaw AUROC peaked, docs/results/critic)"""
     critic_kind: str = TD3BCConfig.kind
     """the critic: 'distributional' (the paper), 'regression' (scalar TD) or 'time' (t/T)"""
     target_actions: str = TD3BCConfig.target_actions
@@ -52,6 +52,8 @@ class OfflineConfig:
     """discount per step (eq. 1)"""
     delta: float = FilterConfig.delta
     """filter threshold on the progress drop within rho_{t:t+k}"""
+    drop: str = FilterConfig.drop
+    """how the filter measures a drop (grrl_critic.filtering.FilterConfig.drop)"""
     bc_steps: int = 4000
     """optimizer steps of each BC run"""
     batch_size: int = BCConfig.batch_size
@@ -102,13 +104,16 @@ def plot_ladder(reports: dict[str, dict], out: Path, title: str) -> Path:
     return out
 
 
-def filter_once(critic: Path, data: Path, filt: Path, delta: float, plot: Path,
+def filter_once(critic: Path, data: Path, filt: Path, cfg: FilterConfig, plot: Path,
                 progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The data filter of ``critic`` at ``delta`` into ``filt`` (+ its Fig. 3 ``plot``), unless
-    ``filt`` already holds one at that delta; returns it and its summary."""
+    """The data filter of ``critic`` by ``cfg`` into ``filt`` (+ its Fig. 3 ``plot``), unless
+    ``filt`` already holds one with the same delta and drop rule; returns it and its summary.
+    (k and gamma come from the critic.)"""
     done = filt.with_suffix(".json")
-    if not filt.exists() or json.loads(done.read_text())["config"]["delta"] != delta:
-        filt, _ = run_filter(critic, data, filt, FilterConfig(delta=delta), progress=progress)
+    same = filt.exists() and done.exists() and all(
+        json.loads(done.read_text())["config"].get(k) == getattr(cfg, k) for k in ("delta", "drop"))
+    if not same:
+        filt, _ = run_filter(critic, data, filt, cfg, progress=progress)
         plot_filtered(data, filt, FIG3_EPISODES, plot)
     return filt, json.loads(done.read_text())
 
@@ -129,8 +134,8 @@ def run_offline(data: str | Path, out: str | Path, cfg: OfflineConfig, progress:
 
     # 2. the filter
     t = time.time()
-    filt, summary = filter_once(critic, data, out / "filter.npz", cfg.delta,
-                                out / "filter.png", progress)
+    filt, summary = filter_once(critic, data, out / "filter.npz",
+                                FilterConfig(cfg.delta, drop=cfg.drop), out / "filter.png", progress)
     timings["filter"] = time.time() - t
     LOG.info("filter kept %.1f%% of %d samples", 100 * summary["kept_fraction"], summary["samples"])
 
