@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser, config: Any, flatten: tuple[s
                                 default=value, help=doc + shown)
         elif typ in (list, tuple):
             parser.add_argument(f"--{flag}", dest=dest, nargs="*", default=value,
-                                type=_element_type(default), metavar=meta, help=doc + shown)
+                                type=_element_type(default, _field_hint(config, path)),
+                                metavar=meta, help=doc + shown)
         elif typ is dict or typ is Any or default is None and typ not in (int, float, str):
             parser.add_argument(f"--{flag}", dest=dest, default=value,
                                 type=_json_object if typ is dict else json.loads,
@@ -131,7 +132,19 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _element_type(default: Any):
+def _field_hint(config: Any, path: tuple[str, ...]) -> Any:
+    """The type hint of the field at ``path`` of a (nested) config instance."""
+    for name in path[:-1]:
+        config = getattr(config, name)
+    return _hints(type(config))[path[-1]]
+
+
+def _element_type(default: Any, hint: Any = None):
+    """A list flag's element type: the hint's (``tuple[int, ...]``), else the default's first
+    item's, else text."""
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    if len(set(args)) == 1 and args[0] in (int, float, str):
+        return args[0]
     items = list(default or [])
     return type(items[0]) if items and type(items[0]) in (int, float, str) else str
 

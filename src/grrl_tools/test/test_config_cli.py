@@ -84,3 +84,20 @@ def test_flags_from_the_dataclass():
     args = parser.parse_args(["--rate", "3", "--no-on", "--beta", "0.1", "--extra", '{"b": 2}'])
     got = from_args(args, Outer(), flatten=("inner",))
     assert got == Outer(rate=3.0, on=False, extra={"b": 2}, inner=Inner(beta=0.1))
+
+
+@dataclass
+class WithList:
+    ids: tuple[int, ...] = ()
+    """numbers, none by default"""
+    names: list[str] = field(default_factory=lambda: ["a"])
+    """words"""
+
+
+def test_list_flags_take_their_element_type_from_the_hint_even_when_empty():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, WithList())
+    got = from_args(parser.parse_args(["--ids", "0", "2", "--names", "b", "c"]), WithList())
+    assert got == WithList(ids=(0, 2), names=["b", "c"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ids", "pick"])

@@ -66,6 +66,10 @@ class ReproduceConfig:
     """filter threshold on the progress drop within rho_{t:t+k}"""
     drop: str = FilterConfig.drop
     """how the filter measures a drop (grrl_critic.filtering.FilterConfig.drop)"""
+    keep_stages: tuple[int, ...] = FilterConfig.keep_stages
+    """task stages the filter never removes (grrl_critic.filtering.FilterConfig.keep_stages)"""
+    max_removed_fraction: float = FilterConfig.max_removed_fraction
+    """the filter removes at most this fraction of each progress band (FilterConfig's field)"""
     bc_model: str = '{"action_mode": "delta", "action_norm": "per_step", "state_norm": true}'
     """JSON overrides of the preset for the BC policies: the imitation recipe (chunk-relative
     actions, per-step action statistics, normalised state; docs/results/imitation)"""
@@ -171,7 +175,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     from grrl_trainer.offline.bc import VARIANTS, BCConfig
     from grrl_trainer.data.collect import CollectConfig, collect
     from grrl_trainer.offline.critic_train import CriticRunConfig, train_critic
-    from grrl_trainer.offline.pipeline import filter_once, plot_ladder, rung_table
+    from grrl_trainer.offline.pipeline import filter_config, filter_once, plot_ladder, rung_table
     from grrl_trainer.offline.run_utils import config_diff
     from grrl_trainer.online.trainer import OnlineConfig, RolloutConfig, run_online
 
@@ -180,7 +184,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "reproduce_config.json"
-    diff = config_diff(json.loads(saved.read_text()), dataclasses.asdict(cfg), RUNTIME) \
+    # through JSON, so that a tuple field compares equal to the list it was saved as
+    diff = config_diff(json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg))), RUNTIME) \
         if saved.exists() else []
     if diff:
         raise ValueError(f"{out} holds a reproduction with another configuration "
@@ -216,7 +221,7 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         progress=progress)
     spent("critic", t)
     t = stage("filter")
-    filt, summary = filter_once(critic, data, out / "filter.npz", FilterConfig(cfg.delta, drop=cfg.drop),
+    filt, summary = filter_once(critic, data, out / "filter.npz", filter_config(cfg),
                                 out / "fig3_progress_filter.png", progress)
     spent("filter", t)
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grrl_critic.filtering import FilterConfig, keep_mask
+from grrl_critic.filtering import FilterConfig, keep_mask, keep_masks
 from grrl_critic.td3bc import TD3BCConfig
 from grrl_policy.checkpoint import read_meta
 from grrl_trainer.offline import critic_train
 from grrl_trainer.offline.critic_train import CriticRunConfig, train_critic
-from grrl_trainer.data.dataset import episode_path, write_episode
+from grrl_trainer.data.dataset import EpisodeDataset, episode_path, write_episode
 
 from test_bc import SMALL, record
 
@@ -59,12 +59,24 @@ def test_train_resume_filter_and_plot(tmp_path):
     # without --horizon the window is the critic's chunk (4) and gamma its discount (0.9); the
     # mask is the delta rule's
     assert summary["config"] == {"delta": 0.5, "horizon": 4, "drop": "log_shortfall",
-                                 "gamma": 0.9, "rho_floor": 0.001}
+                                 "gamma": 0.9, "rho_floor": 0.001, "keep_stages": [],
+                                 "max_removed_fraction": 1.0, "progress_bands": 10}
     for e in range(3):
         sel = f["episode"] == e
         np.testing.assert_array_equal(
             f["keep"][sel], keep_mask(f["progress"][sel], FilterConfig(delta=0.5, horizon=4, gamma=0.9)))
     assert (tmp_path / "f.png").stat().st_size > 0
+    # the coverage guards from the command line: the dataset's stages and the progress cap
+    code = critic_train.main(["filter", "--data", str(data), "--critic", str(final), "--out",
+                              str(tmp_path / "g.npz"), "--delta", "0", "--keep-stages", "0",
+                              "--max-removed-fraction", "0.2", "--plot", "0", "--quiet"])
+    g = np.load(tmp_path / "g.npz")
+    stages = {e: EpisodeDataset(data).load(e, "task/stage") for e in range(3)}
+    guarded = FilterConfig(delta=0, horizon=4, gamma=0.9, keep_stages=(0,), max_removed_fraction=0.2)
+    expected = keep_masks({e: f["progress"][f["episode"] == e] for e in range(3)}, guarded, stages)
+    assert code == 0 and (~g["keep"]).sum() > 0
+    np.testing.assert_array_equal(g["keep"], np.concatenate([expected[e] for e in range(3)]))
+    assert json.loads((tmp_path / "g.json").read_text())["config"]["keep_stages"] == [0]
     code = critic_train.main(["compare", "--data", str(data), "--episode", "0", "--critic",
                               f"distributional={final}", "--out", str(tmp_path / "fig7.png")])
     assert code == 0 and (tmp_path / "fig7.png").exists()
@@ -146,3 +158,24 @@ def test_a_diverging_critic_stops_without_a_checkpoint(tmp_path, capsys):
     assert code == 2 and "critic loss is nan" in err and "without writing a checkpoint" in err, err
     assert not list((tmp_path / "run" / "checkpoints").glob("*.json"))
     assert not (tmp_path / "run" / "critic.json").exists()
+
+
+def test_filter_once_filters_again_when_any_part_of_the_rule_changed(tmp_path, monkeypatch):
+    from dataclasses import asdict
+    from grrl_trainer.offline import pipeline
+    calls = []
+
+    def fake_run_filter(critic, data, out, cfg, progress=True):
+        calls.append(cfg)
+        out.write_bytes(b"npz")
+        out.with_suffix(".json").write_text(json.dumps({"config": asdict(cfg), "kept": len(calls)}))
+        return out, {}
+    monkeypatch.setattr(pipeline, "run_filter", fake_run_filter)
+    monkeypatch.setattr(pipeline, "plot_filtered", lambda *a, **k: None)
+    filt = tmp_path / "filter.npz"
+    for rule, runs in [(FilterConfig(), 1), (FilterConfig(), 1), (FilterConfig(horizon=8), 1),
+                       (FilterConfig(keep_stages=(0,)), 2), (FilterConfig(keep_stages=(0,)), 2),
+                       (FilterConfig(keep_stages=(0,), max_removed_fraction=0.3), 3),
+                       (FilterConfig(delta=0.2, keep_stages=(0,), max_removed_fraction=0.3), 4)]:
+        _, summary = pipeline.filter_once(Path("critic"), tmp_path, filt, rule, tmp_path / "f.png", False)
+        assert len(calls) == runs and summary["kept"] == runs, rule

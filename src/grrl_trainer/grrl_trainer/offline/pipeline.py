@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class OfflineConfig:
     """filter threshold on the progress drop within rho_{t:t+k}"""
     drop: str = FilterConfig.drop
     """how the filter measures a drop (grrl_critic.filtering.FilterConfig.drop)"""
+    keep_stages: tuple[int, ...] = FilterConfig.keep_stages
+    """task stages the filter never removes (grrl_critic.filtering.FilterConfig.keep_stages)"""
+    max_removed_fraction: float = FilterConfig.max_removed_fraction
+    """the filter removes at most this fraction of each progress band (FilterConfig's field)"""
     bc_steps: int = 4000
     """optimizer steps of each BC run"""
     batch_size: int = BCConfig.batch_size
@@ -104,14 +108,22 @@ def plot_ladder(reports: dict[str, dict], out: Path, title: str) -> Path:
     return out
 
 
+def filter_config(cfg: Any) -> FilterConfig:
+    """The filter rule of a stage config that carries FilterConfig's delta, drop, keep_stages and
+    max_removed_fraction (OfflineConfig, ReproduceConfig); k and gamma come from the critic."""
+    return FilterConfig(cfg.delta, drop=cfg.drop, keep_stages=cfg.keep_stages,
+                        max_removed_fraction=cfg.max_removed_fraction)
+
+
 def filter_once(critic: Path, data: Path, filt: Path, cfg: FilterConfig, plot: Path,
                 progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """The data filter of ``critic`` by ``cfg`` into ``filt`` (+ its Fig. 3 ``plot``), unless
-    ``filt`` already holds one with the same delta and drop rule; returns it and its summary.
-    (k and gamma come from the critic.)"""
+    ``filt`` already holds one with the same rule (every field but k and gamma, which come from
+    the critic); returns it and its summary."""
     done = filt.with_suffix(".json")
+    rule = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ("horizon", "gamma")}
     same = filt.exists() and done.exists() and all(
-        json.loads(done.read_text())["config"].get(k) == getattr(cfg, k) for k in ("delta", "drop"))
+        json.loads(done.read_text())["config"].get(k) == v for k, v in rule.items())
     if not same:
         filt, _ = run_filter(critic, data, filt, cfg, progress=progress)
         plot_filtered(data, filt, FIG3_EPISODES, plot)
@@ -135,7 +147,7 @@ def run_offline(data: str | Path, out: str | Path, cfg: OfflineConfig, progress:
     # 2. the filter
     t = time.time()
     filt, summary = filter_once(critic, data, out / "filter.npz",
-                                FilterConfig(cfg.delta, drop=cfg.drop), out / "filter.png", progress)
+                                filter_config(cfg), out / "filter.png", progress)
     timings["filter"] = time.time() - t
     LOG.info("filter kept %.1f%% of %d samples", 100 * summary["kept_fraction"], summary["samples"])
 

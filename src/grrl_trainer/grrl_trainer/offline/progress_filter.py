@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from grrl_critic.filtering import FilterConfig, FilterResult, keep_mask, summarize
+from grrl_critic.filtering import FilterConfig, FilterResult, keep_masks, summarize
 from grrl_critic.flaw_metrics import FlawEvalConfig, FlawEvaluation, evaluate_flaws
 import grrl_critic.progress
 from grrl_critic.td3bc import critic_progress
@@ -68,14 +68,14 @@ def run_filter(critic: str | Path, data_dir: str | Path, out: str | Path, cfg: F
     dataset = EpisodeDataset(data_dir)
     rho, rate = dataset_progress(model, kind, reduce, dataset, batch_size, progress, position)
     eps = sorted(rho)
-    keep = {e: keep_mask(rho[e], cfg) for e in eps}
+    stages = {e: dataset.load(e, "task/stage") for e in eps} if _has(dataset, "task/stage") else {}
+    keep = keep_masks(rho, cfg, stages)
     result = FilterResult(
         episode=np.concatenate([np.full(len(rho[e]), e) for e in eps]),
         timestep=np.concatenate([np.arange(len(rho[e])) for e in eps]),
         keep=np.concatenate([keep[e] for e in eps]),
         progress=np.concatenate([rho[e] for e in eps]), config=cfg)
     metas = dataset.episodes
-    stages = {e: dataset.load(e, "task/stage") for e in eps} if _has(dataset, "task/stage") else {}
     summary = summarize(result, {e: [int(m) for m in metas[e]["retry_keyframes"]] for e in eps},
                         stages, {e: bool(metas[e]["success"]) for e in eps}, cfg.horizon)
     summary.update({"critic": str(critic), "kind": kind, "data": str(data_dir),
