@@ -73,3 +73,12 @@ def test_the_cap_keeps_the_smallest_drops_back_within_each_band():
 def test_guard_settings_out_of_range_are_refused(bad):
     with pytest.raises(ValueError):
         FilterConfig(**bad)
+
+
+def test_keep_stages_that_cover_most_of_the_data_are_warned_about(caplog):
+    rho = _episodes()
+    unrecorded = {e: np.zeros(len(r), int) for e, r in rho.items()}   # stages never recorded
+    with caplog.at_level("INFO", logger="grrl_critic.filtering"):
+        keep = keep_masks(rho, FilterConfig(**RULE, keep_stages=(0,)), unrecorded)
+    assert all(k.all() for k in keep.values())
+    assert any(r.levelname == "WARNING" and "100.0% of the samples" in r.getMessage() for r in caplog.records)

@@ -18,7 +18,7 @@ Schema version 2 of an episode file (T steps at ``fps``; layouts as in :mod:`grr
     action/joint_positions        (T, 16)       float32  target the controller was heading to
     action/tcp_pose               (T, 2, 7)     float32  FK of that target
     action/gripper                (T, 2)        float32
-    task/stage                    (T,)          uint8    ground-truth stage (0..4), for plots
+    task/stage                    (T,)          uint8    ground-truth stage (0..4): plots, filter keep_stages
     task/flaw                     (T,)          uint8    ground-truth flaw of the step (optional:
                                                          simulated demonstrations only), codes
                                                          named by the attr ``flaw_types``
