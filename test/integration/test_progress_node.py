@@ -86,6 +86,10 @@ def test_a_critic_of_another_action_space_is_refused_and_the_episode_runs(proces
     assert code == 0, out[-3000:]
     assert "progress not computed: chunk of shape (16, 20); the critic scores (16, 16) chunks" \
         in out, out[-3000:]
-    assert out.count("progress not computed") == 1          # one warning per reason
+    assert out.count("progress not computed: chunk of shape") == 1     # one warning per reason
+    # the only other reason allowed: on a loaded machine the first chunk may come before the
+    # node has heard the joint state of its instant (a wall-clock wait, warned once)
+    reasons = set(re.findall(r"progress not computed: ([^\n(]+)", out))
+    assert reasons <= {"chunk of shape ", "no joint state "}, reasons
     assert "episode 1/1 seed 3:" in out and "| progress" not in out.split("episode 1/1")[1]
     assert "Traceback" not in out
