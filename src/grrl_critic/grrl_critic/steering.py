@@ -7,7 +7,12 @@ Frozen: the VLM backbone and the action DiT π_θ, a flow policy that is a deter
       L(π_θ') = E_s[ −Q_φ'(s, ε) + c · max(½‖ε‖² − β, 0) ],   ε = π_θ'(s)
   (‖ε‖² over the whole chunk, k·D numbers; −Q_φ' is minus the mean of Q_φ''s categorical
   distribution). β defaults to ½·k·D, the expected ½‖ε‖² under N(0, I): ε may move anywhere
-  inside the ball a typical Gaussian sample lies on, and is pulled back (hinge) beyond it;
+  inside the ball a typical Gaussian sample lies on, and is pulled back (hinge) beyond it.
+  The norm alone lets single dimensions run where the flow never saw noise, so the predictor
+  is also bounded per dimension, ε = b·tanh(u / b) (``ModelConfig.noise_bound``, 2.5; DSRL
+  bounds its latent actions the same way), and exploration and target smoothing are clipped
+  to the same bound; ``noise_bound=0`` leaves the penalty alone (the ablation).
+  :func:`noise_statistics` reports where ε sits against N(0, I) per dimension;
 * the noise-space critic Q_φ'(s, ε), distilled from the action critic by eq. (4):
       L(Q_φ') = CE( Q_φ'(s, ε), Q_φ(s, π_θ(s | ε)) ),   ε ~ N(0, I) w.p. ``noise_mix`` (0.5),
                                                          ε = π_θ'(s) otherwise,
@@ -50,7 +55,7 @@ log = logging.getLogger(__name__)
 DISTILL_CRITICS = ("min", "mean")
 
 __all__ = ["SteeringConfig", "SteeringLearner", "DivergedError", "default_beta", "noise_penalty",
-           "noise_actor_loss", "mixed_noise", "noise_critic_loss"]
+           "noise_actor_loss", "noise_statistics", "mixed_noise", "noise_critic_loss"]
 
 
 @dataclass
@@ -85,6 +90,9 @@ class SteeringConfig:
     """Euler steps of π_θ(s | ε); 0 = the model's flow_steps"""
     grad_clip: float = 10.0
     """gradient-norm clip of each parameter group"""
+    noise_bound: float | None = None
+    """per-dimension bound of the steered ε (ModelConfig.noise_bound: b·tanh(u / b)); None =
+    the checkpoint's, a number replaces it (0 = unbounded: only eq. (3)'s norm penalty)"""
 
     def __post_init__(self) -> None:
         if self.c < 0:
@@ -101,6 +109,8 @@ class SteeringConfig:
             raise ValueError(f"flow_steps must be >= 0, got {self.flow_steps}")
         if self.target_noise_std < 0 or self.target_noise_clip < 0:
             raise ValueError("target_noise_std and target_noise_clip must be >= 0")
+        if self.noise_bound is not None and not 0.0 <= self.noise_bound < float("inf"):
+            raise ValueError(f"noise_bound must be finite and >= 0 or None, got {self.noise_bound}")
         if self.distill_critics not in DISTILL_CRITICS:
             raise ValueError(f"distill_critics must be one of {DISTILL_CRITICS}, "
                              f"got {self.distill_critics!r}")
@@ -136,6 +146,23 @@ def noise_actor_loss(noise_q_mean: torch.Tensor, eps: torch.Tensor, c: float,
     return (-noise_q_mean + noise_penalty(eps, c, beta)).mean()
 
 
+def noise_statistics(eps: torch.Tensor, bound: float = 0.0) -> dict[str, float]:
+    """Where the steered ε (B, k, D) sits against the flow's training noise N(0, I), per
+    dimension (k·D of them): ``eps_dim_mean_abs`` the mean over dimensions of |batch mean|
+    (0 under N(0, I)), ``eps_dim_std`` the mean batch std (1), ``eps_abs_mean`` mean |ε_i|
+    (0.80), ``eps_abs_max``, ``eps_out_frac`` the share of values beyond ±2.5 (1.2%) and, when
+    bounded, ``eps_saturated_frac`` the share within 5% of the bound (tanh saturating)."""
+    flat = eps.flatten(1).float()
+    a = flat.abs()
+    out = {"eps_dim_mean_abs": float(flat.mean(0).abs().mean()),
+           "eps_dim_std": float(flat.std(0, unbiased=False).mean()),
+           "eps_abs_mean": float(a.mean()), "eps_abs_max": float(a.max()),
+           "eps_out_frac": float((a > 2.5).float().mean())}
+    if bound > 0:
+        out["eps_saturated_frac"] = float((a > 0.95 * bound).float().mean())
+    return out
+
+
 def mixed_noise(predicted: torch.Tensor, p_normal: float,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (4)'s input noise: per sample, N(0, I) with probability ``p_normal``, else the
@@ -168,6 +195,8 @@ class SteeringLearner:
         self.cfg = cfg or SteeringConfig()
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        if self.cfg.noise_bound is not None:       # saved with the checkpoints this run writes
+            model.cfg.noise_bound = float(self.cfg.noise_bound)
         mc = model.cfg
         self.beta = (float(self.cfg.beta) if self.cfg.beta is not None
                      else default_beta(mc.horizon, mc.action_dim))
@@ -232,7 +261,7 @@ class SteeringLearner:
             if cfg.target_noise_std > 0:
                 smooth = (torch.randn_like(eps_next) * cfg.target_noise_std).clamp(
                     -cfg.target_noise_clip, cfg.target_noise_clip)
-                eps_next = eps_next + smooth
+                eps_next = model.clip_noise(eps_next + smooth)
             a_next = self.steered_actions(next_prefix, b["next_proprio"], eps_next)
             next_out = self._target_critic_logits(next_prefix, b["next_proprio"], a_next)[:, :, -1]
             discount = cfg.gamma ** b["offset"].to(next_out.dtype)
@@ -325,6 +354,7 @@ class SteeringLearner:
             half_sq = 0.5 * norms.pow(2)
             metrics.update({name: float(loss.detach()) for name, loss in losses.items()})
             metrics.update(distill_stats)
+            metrics.update(noise_statistics(eps.detach(), model.cfg.noise_bound))
             metrics.update({
                 "eps_norm_mean": float(norms.mean()),
                 "eps_norm_std": float(norms.std(unbiased=False)),

@@ -11,7 +11,8 @@ import torch
 
 from grrl_critic.categorical import support
 from grrl_critic.steering import (DivergedError, SteeringConfig, SteeringLearner, default_beta,
-                                  mixed_noise, noise_actor_loss, noise_critic_loss, noise_penalty)
+                                  mixed_noise, noise_actor_loss, noise_critic_loss, noise_penalty,
+                                  noise_statistics)
 from grrl_policy.experts import ExpertConfig
 from grrl_policy.model import GRRLModel, ModelConfig
 from grrl_policy.tiny_backbone import TinyBackboneConfig
@@ -248,11 +249,11 @@ def test_non_finite_loss_raises_without_stepping():
 
 
 # ---------------------------------------------------------------- eq. (3) steers ε
-def steer_with_handmade_noise_critic(c: float, steps: int = 400) -> tuple:
+def steer_with_handmade_noise_critic(c: float, steps: int = 400, **cfg) -> tuple:
     """Train only the noise predictor by eq. (3) against a hand-made Q_φ' whose categorical
     mean is 0.5 + 0.2·mean(ε) (mass on the end atoms 0 and 1). Returns (ε before, Q before,
     ε after, Q after, β)."""
-    lr = learner(seed=2, noise_lr=3e-3, c=c)
+    lr = learner(seed=2, noise_lr=3e-3, c=c, **cfg)
     m = lr.model
     n_bins = m.cfg.value_bins
 
@@ -287,3 +288,47 @@ def test_eq3_moves_eps_toward_higher_noise_q_within_the_penalty_ball():
     assert (half_sq - beta).abs().max() < 0.1 * beta, half_sq
     _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0)
     assert (0.5 * free.flatten(1).pow(2).sum(-1)).min() > 1.5 * beta
+
+
+def test_the_bound_keeps_every_dimension_of_eps_where_the_flow_was_trained():
+    """Without the penalty (c = 0) a Q_φ' that grows with mean(ε) drives ε past any norm; the
+    tanh bound (the model's default 2.5, DSRL's bounded latent) holds every value inside it,
+    and ``noise_bound=0`` (the ablation) does not."""
+    _, _, eps, _, _ = steer_with_handmade_noise_critic(c=0.0, steps=300)
+    assert eps.abs().max() < 2.5 and eps.min() > 2.0, (eps.min(), eps.max())
+    stats = noise_statistics(eps, 2.5)
+    assert stats["eps_saturated_frac"] > 0.5 and stats["eps_out_frac"] == 0.0
+    _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0, steps=300, noise_bound=0.0)
+    assert free.abs().max() > 3.0
+    assert "eps_saturated_frac" not in noise_statistics(free, 0.0)
+
+
+def test_noise_statistics_of_the_flows_own_noise():
+    eps = torch.randn(4096, K, D, generator=torch.Generator().manual_seed(0))
+    s = noise_statistics(eps, 2.5)
+    assert s["eps_dim_mean_abs"] < 0.05 and abs(s["eps_dim_std"] - 1) < 0.03
+    assert abs(s["eps_abs_mean"] - math.sqrt(2 / math.pi)) < 0.02
+    assert abs(s["eps_out_frac"] - 0.0124) < 0.005
+    shifted = noise_statistics(eps + 1.0, 2.5)
+    assert abs(shifted["eps_dim_mean_abs"] - 1.0) < 0.05
+
+
+def test_the_bound_is_saved_with_the_policy_and_old_checkpoints_stay_unbounded():
+    lr = learner(noise_bound=1.5)
+    assert lr.model.cfg.noise_bound == 1.5
+    b = synthetic_batch()
+    with torch.no_grad():
+        prefix = lr.model.encode(b["obs"])
+        lr.model.noise_predictor.head.bias.fill_(100.0)      # a raw output far outside
+        raw = lr.model.noise_predictor(prefix, lr.model.normalizer.norm("proprio", b["proprio"]))
+        eps = lr.model.predict_noise(prefix, b["proprio"])
+    torch.testing.assert_close(eps, 1.5 * torch.tanh(raw / 1.5))
+    assert eps.abs().max() <= 1.5        # tanh rounds to 1 in float32 this far out
+    torch.testing.assert_close(lr.model.clip_noise(torch.full((1, K, D), -9.0)),
+                               torch.full((1, K, D), -1.5))
+    old = small_model().cfg.to_dict()
+    del old["noise_bound"]
+    assert ModelConfig.from_dict(old).noise_bound == 0.0
+    assert ModelConfig().noise_bound == 2.5
+    with pytest.raises(ValueError, match="noise_bound"):
+        SteeringConfig(noise_bound=-1.0)

@@ -81,6 +81,10 @@ class ModelConfig:
     state_norm: bool = False
     """normalise the simulator state by the dataset's mean/std before the backbone (off: raw
     metres into a linear layer, the checkpoints made before this option)"""
+    noise_bound: float = 2.5
+    """the noise predictor's output per dimension is b·tanh(u / b) (DSRL's bounded latent
+    actions): steered ε stays where the flow was trained (|ε_i| < 2.5 holds for 98.8% of
+    N(0, 1) draws); 0 = unbounded (a linear head, as checkpoints made before this option)"""
 
     @property
     def observes_state(self) -> bool:
@@ -103,6 +107,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
+        d.setdefault("noise_bound", 0.0)        # saved before the bound existed: unbounded
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -221,6 +226,8 @@ class GRRLModel(nn.Module):
             raise ValueError(f"action_norm must be 'pooled' or 'per_step', got {cfg.action_norm!r}")
         if cfg.state_norm and not cfg.observes_state:
             raise ValueError("state_norm needs a model that observes the simulator state")
+        if not 0.0 <= cfg.noise_bound < float("inf"):
+            raise ValueError(f"noise_bound must be finite and >= 0, got {cfg.noise_bound}")
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         bb = self.backbone
@@ -316,8 +323,20 @@ class GRRLModel(nn.Module):
         return torch.stack([c(prefix, p, a) for c in self.critics])
 
     def predict_noise(self, prefix: Prefix, proprio: torch.Tensor) -> torch.Tensor:
-        """π_θ'(s): the initial noise ε (B, k, D) that steers the flow policy."""
-        return self.noise_predictor(prefix, self.normalizer.norm(PROPRIO, proprio))
+        """π_θ'(s): the initial noise ε (B, k, D) that steers the flow policy, each value inside
+        (−noise_bound, noise_bound) when bounded."""
+        return self.bound_noise(self.noise_predictor(prefix, self.normalizer.norm(PROPRIO, proprio)))
+
+    def bound_noise(self, u: torch.Tensor) -> torch.Tensor:
+        """The predictor's raw output u (B, k, D) → b·tanh(u / b) (identity when unbounded):
+        smooth, the identity near 0, and never outside the region the flow was trained on."""
+        b = self.cfg.noise_bound
+        return b * torch.tanh(u / b) if b > 0 else u
+
+    def clip_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """Exploration or smoothing noise added to a bounded ε, clipped back inside the bound."""
+        b = self.cfg.noise_bound
+        return eps.clamp(-b, b) if b > 0 else eps
 
     def noise_critic_logits(self, prefix: Prefix, proprio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Q_φ'(s, ε): (B, k, bins) logits over the value of the chunk generated from ε."""

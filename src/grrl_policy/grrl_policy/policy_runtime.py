@@ -186,8 +186,9 @@ class Policy:
             eps = torch.as_tensor(noise, dtype=torch.float32, device=self.device)[None]
         elif steer:
             eps = model.predict_noise(prefix, proprio)
-            if explore is not None:
-                eps = eps + torch.as_tensor(explore, dtype=eps.dtype, device=eps.device)[None]
+            if explore is not None:         # exploration stays inside the predictor's bound
+                eps = model.clip_noise(eps + torch.as_tensor(explore, dtype=eps.dtype,
+                                                             device=eps.device)[None])
         else:
             eps = torch.randn(1, model.cfg.horizon, model.cfg.action_dim, device=self.device)
         if not torch.isfinite(eps).all():

@@ -61,6 +61,18 @@ def test_inference_returns_a_finite_chunk_with_version_and_timings():
     np.testing.assert_allclose(again.actions, chunk.actions, atol=1e-5)
 
 
+def test_exploration_around_the_steered_noise_stays_inside_the_bound():
+    torch.manual_seed(0)
+    policy = Policy(GRRLModel(TINY))
+    assert TINY.noise_bound == 2.5
+    obs, proprio = build_observation(TINY, "lace it", np.zeros(16), images())
+    explore = np.full((16, 16), 4.0, np.float32)
+    explore[::2] = -4.0
+    chunk = policy.infer(obs, proprio, steer=True, explore=explore)
+    assert np.abs(chunk.noise).max() == pytest.approx(2.5)
+    assert (np.sign(chunk.noise) == np.sign(explore)).all()
+
+
 def test_nan_model_output_is_caught():
     policy = Policy(GRRLModel(TINY))
     with torch.no_grad():
