@@ -307,6 +307,23 @@ class SteeringLearner:
             loss = noise_actor_loss(q, eps, self.cfg.c, self.beta)
         return loss, eps, q
 
+    @torch.no_grad()
+    def transition_values(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the critics think of recorded transitions: Q_φ of the executed chunk prefix
+        (the lower-mean twin at position offset − 1) and Q_φ' of the recorded initial noise
+        (full chunk), each (B,). Batches as for :meth:`update` plus "noise" (B, k, D)."""
+        self.model.eval()
+        try:
+            b = {k: self._to(v) for k, v in batch.items()}
+            prefix = self.model.encode(b["obs"])
+            logits = at_offset(self.model.critic_logits(prefix, b["proprio"], b["actions"]),
+                               b["offset"])
+            q = mean_value(clipped_double_probs(logits, self.atoms), self.atoms)
+            q_noise = self.values(self.model.noise_critic_logits(prefix, b["proprio"], b["noise"])[:, -1])
+        finally:
+            self._set_modes()
+        return q, q_noise
+
     # -- steps ---------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
         """One online step: Q_φ (TD3), Q_φ' (eq. 4), and every ``policy_delay`` steps π_θ'

@@ -4,6 +4,7 @@ episodes are quarantined; a restart resumes without counting an episode twice.""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from bytemini_driver.sim_state import STATE_DIM
 from grrl_policy.checkpoint import read_meta, save_checkpoint
 from grrl_policy.model import GRRLModel, configure
-from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
+from grrl_trainer.online.trainer import OnlineConfig, OnlineTrainer, critic_separation
 from grrl_trainer.online.replay import OnlineEpisode, QuarantineError
 
 SMALL = {"tiny": {"width": 32, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 16,
@@ -100,3 +101,37 @@ def test_restart_before_the_first_round(policy, tmp_path):
     assert again.st["log"][0]["seed"] == 7 and again.add(episode(0, 1)) == "duplicate"
     assert again.add(episode(1, 1)) == "on" and again.run_due()["version"] == 2
     again.close()
+
+
+def test_the_warm_up_reports_how_well_its_critics_separate_success_from_failure(policy, tmp_path):
+    cfg = OnlineConfig(episodes_per_round=2, updates_per_round=1, batch_size=8,
+                       warmup_episodes=4, warmup_updates=3)
+    core = OnlineTrainer(policy, tmp_path / "run", cfg)
+    for i in range(4):
+        core.add(episode(i, 1, success=i % 2 == 0, n=3 + i))
+    res = core.run_due()
+    sep = json.loads((tmp_path / "run" / "warmup_critics.json").read_text())
+    assert sep == core.st["warmup_critics"]
+    assert (sep["episodes"], sep["successes"], sep["transitions"]) == (4, 2, 3 + 4 + 5 + 6)
+    for key in ("auroc_q_transitions", "auroc_q_noise_transitions", "auroc_q_episodes",
+                "auroc_q_noise_episodes"):
+        assert 0.0 <= sep[key] <= 1.0 and res["metrics"][f"warmup_{key}"] == sep[key]
+    core.close()
+
+
+def test_critic_separation_is_the_auroc_of_each_critic_by_episode_outcome(policy, tmp_path):
+    class Oracle:                       # Q_φ knows the outcome, Q_φ' knows nothing
+        def transition_values(self, b):
+            return b["success"].float(), torch.zeros(len(b["success"]))
+
+    core = OnlineTrainer(policy, tmp_path / "run", OnlineConfig(warmup_episodes=3))
+    for i in range(3):
+        core.add(episode(i, 1, success=i == 1, n=2 + i))
+    ids = [e["episode_id"] for e in core.st["warmup"]]
+    sep = critic_separation(Oracle(), core.buffers, ids, batch_size=2)
+    assert sep["auroc_q_transitions"] == 1.0 and sep["auroc_q_episodes"] == 1.0
+    assert sep["auroc_q_noise_transitions"] == 0.5 and sep["auroc_q_noise_episodes"] == 0.5
+    assert (sep["q_mean_success"], sep["q_mean_failure"]) == (1.0, 0.0)
+    only_failures = critic_separation(Oracle(), core.buffers, [ids[0], ids[2]])
+    assert only_failures["auroc_q_episodes"] is None and only_failures["successes"] == 0
+    core.close()

@@ -425,6 +425,16 @@ class ReplayBuffers:
             raise ValueError("both replay buffers are empty")
         b_on = batch_size if n_off == 0 else 0 if n_on == 0 else math.ceil(batch_size / 2)
         rows = self._draw(ON, b_on, rng) + self._draw(OFF, batch_size - b_on, rng)
+        return self.batch(rows)
+
+    def batch(self, rows: list[tuple[str, int]]) -> dict[str, Any]:
+        """The transitions (episode id, decision index) in :meth:`sample`'s layout ("on_policy"
+        says which buffer each row's episode is in)."""
+        import torch
+
+        if not rows:
+            raise ValueError("no transitions asked for")
+        batch_size = len(rows)
         eps = [self._episodes[i] for i, _ in rows]
         ts = [t for _, t in rows]
 
@@ -455,7 +465,7 @@ class ReplayBuffers:
             "timestep": torch.as_tensor(ts, dtype=torch.long),
             "length": torch.as_tensor([len(ep) for ep in eps], dtype=torch.long),
             "success": torch.as_tensor([ep.success for ep in eps], dtype=torch.bool),
-            "on_policy": torch.arange(batch_size) < b_on,
+            "on_policy": torch.as_tensor([self._info[ep.episode_id]["buffer"] == ON for ep in eps]),
             "episode_id": [ep.episode_id for ep in eps],
         }
 

@@ -143,6 +143,44 @@ def update_round(learner: SteeringLearner, buffers: ReplayBuffers, updates: int,
     return {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
+def critic_separation(learner: SteeringLearner, buffers: ReplayBuffers, episode_ids: list[str],
+                      batch_size: int = 256) -> dict[str, Any]:
+    """How well Q_φ and Q_φ' tell the given episodes' successes from their failures: ROC-AUC of
+    each critic's value over the transitions (label: the episode succeeded) and over the
+    episodes (score: the mean value of its decisions); None while one class is empty."""
+    from grrl_critic.flaw_metrics import auroc
+
+    rows = [(i, t) for i in episode_ids for t in range(len(buffers.episode(i)))]
+    q, qn, ok, ep_of = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        b = buffers.batch(rows[start:start + batch_size])
+        values = learner.transition_values(b)
+        q.append(values[0].cpu().numpy())
+        qn.append(values[1].cpu().numpy())
+        ok.append(b["success"].numpy())
+        ep_of += b["episode_id"]
+    if not rows:
+        return {"episodes": 0, "transitions": 0}
+    q, qn, ok = np.concatenate(q), np.concatenate(qn), np.concatenate(ok)
+    ep_index = {e: n for n, e in enumerate(dict.fromkeys(ep_of))}
+    idx = np.array([ep_index[e] for e in ep_of])
+    count = np.bincount(idx)
+    per_ep = {name: np.bincount(idx, weights=v) / count for name, v in (("q", q), ("q_noise", qn))}
+    ep_ok = np.zeros(len(count), bool)
+    ep_ok[idx] = ok
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 4)
+
+    return {"episodes": len(count), "successes": int(ep_ok.sum()), "transitions": len(rows),
+            "auroc_q_transitions": rounded(auroc(q, ok)),
+            "auroc_q_noise_transitions": rounded(auroc(qn, ok)),
+            "auroc_q_episodes": rounded(auroc(per_ep["q"], ep_ok)),
+            "auroc_q_noise_episodes": rounded(auroc(per_ep["q_noise"], ep_ok)),
+            "q_mean_success": rounded(float(q[ok].mean())) if ok.any() else None,
+            "q_mean_failure": rounded(float(q[~ok].mean())) if (~ok).any() else None}
+
+
 def moving_average(log: list[dict], window: int) -> float:
     succ = [e["success"] for e in log]
     return float(np.mean(succ[-window:])) if succ else 0.0
@@ -452,6 +490,18 @@ class OnlineTrainer:
             metrics = update_round(self.learner, self.buffers, self.cfg.warmup_updates,
                                    self.cfg.batch_size, warm_up=True, stop=self.stop)
             used: list[str] = []
+            # did the warm-up teach the critics anything? (reported before any steering)
+            sep = critic_separation(self.learner, self.buffers,
+                                    [e["episode_id"] for e in self.st["warmup"]
+                                     if e["episode_id"] in self.buffers])
+            self.st["warmup_critics"] = sep
+            (self.run_dir / "warmup_critics.json").write_text(json.dumps(sep, indent=1))
+            LOG.info("warm-up critics on their %d episodes (%d successful): AUROC of Q %s / Q' %s "
+                     "per transition, %s / %s per episode", sep["episodes"], sep.get("successes", 0),
+                     sep.get("auroc_q_transitions"), sep.get("auroc_q_noise_transitions"),
+                     sep.get("auroc_q_episodes"), sep.get("auroc_q_noise_episodes"))
+            metrics.update({f"warmup_{k}": v for k, v in sep.items()
+                            if k.startswith("auroc") and v is not None})
         else:
             metrics = update_round(self.learner, self.buffers, self.cfg.updates_per_round,
                                    self.cfg.batch_size, stop=self.stop)
