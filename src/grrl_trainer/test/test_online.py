@@ -126,3 +126,21 @@ def test_kill_9_at_a_random_moment_then_resume(policy, tmp_path):
     online = [i for i in ids if i.startswith("online-")]
     assert len(online) == len(set(online)) == 6
     assert sorted(int(i.rsplit("-s", 1)[1]) for i in online) == list(range(20000, 20006))
+
+
+def test_the_control_run_learns_but_acts_without_steering(policy, tmp_path):
+    """``steer=False``: the same rounds and updates, every online decision from ε ~ N(0, I)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = OnlineConfig(episodes_per_round=1, updates_per_round=2, warmup_episodes=0,
+                           batch_size=8)
+        run = tmp_path / "control"
+        res = run_online(policy, run, cfg, RolloutConfig(episodes=2, workers=1, time_limit=1.0,
+                                                         steer=False), progress=False)
+        assert res["episodes"] == 2 and res["version"] == 1 + 2
+        with ReplayBuffers(run / "replay") as b:
+            eps = [b.episode(i) for i in b.ids()]
+        assert len(eps) == 2 and not any(e.steered.any() for e in eps)
+    finally:
+        torch.set_num_threads(threads)

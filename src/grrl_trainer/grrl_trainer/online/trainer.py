@@ -93,6 +93,9 @@ class RolloutConfig:
     """online episodes in total"""
     explore_std: float = 0.3
     """exploration noise around the predicted epsilon during online episodes"""
+    steer: bool = True
+    """act with the noise predictor; False is the control run: the same episodes, buffers and
+    updates (critics and predictor still learn), the policy acting with ε ~ N(0, I)"""
     first_seed: int = 20_000
     """training scenes: 20000.. (demonstrations use 0..9999, evaluations 10000..)"""
     warmup_first_seed: int = 30_000
@@ -226,7 +229,7 @@ def run_online(policy: str | Path, run_dir: str | Path, cfg: OnlineConfig,
             seeds = [rollout.first_seed + len(trainer.st["log"]) + i for i in range(n)]
             before = len(trainer.st["log"])
             if n > 0:          # (n = 0: a resumed run whose round was complete but not trained)
-                add(_episodes(trainer.st["checkpoint"], seeds, rollout, cfg.seed, True,
+                add(_episodes(trainer.st["checkpoint"], seeds, rollout, cfg.seed, rollout.steer,
                               trainer.run_dir, progress), trainer.version, warm=False)
                 if len(trainer.st["log"]) == before:
                     raise RuntimeError(f"no usable episode in a round of {n} (seeds {seeds}): "
