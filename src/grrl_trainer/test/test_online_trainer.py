@@ -67,6 +67,9 @@ def test_warm_up_rounds_quarantine_and_restart(policy, tmp_path):
     res = core.run_due()
     assert (res["kind"], res["version"], res["episodes"]) == ("round", 3, 2)
     assert set(res["metrics"]) >= {"critic_loss", "noise_actor_loss", "noise_critic_loss"}
+    assert [(r["kind"], r["version"]) for r in core.st["learner_log"]] == [("warm-up", 2), ("round", 3)]
+    assert {"q_mean", "eps_abs_mean", "eps_saturated_frac"} <= set(core.st["learner_log"][1])
+    assert (run / "learner.png").exists()
     rows = list(csv.DictReader(open(run / "online.csv")))
     assert [(r["episode_id"], r["success"], r["version"]) for r in rows] == [
         ("ep-000001-test", "1", "2"), ("ep-000004-test", "0", "2")]

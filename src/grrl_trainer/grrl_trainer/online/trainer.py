@@ -296,6 +296,42 @@ def write_curve(log: list[dict], run_dir: Path, window: int) -> Path:
     return out
 
 
+LEARNER_CURVES = ("q_mean", "noise_q_mean", "critic_loss", "noise_critic_loss", "eps_abs_mean",
+                  "eps_dim_mean_abs", "eps_dim_std", "eps_out_frac", "eps_saturated_frac",
+                  "penalty_frac")
+"""the round metrics kept in the run state and drawn in learner.png"""
+
+
+def write_learner_curves(rounds: list[dict], run_dir: Path) -> Path:
+    """learner.png: per update round (x: online episodes so far), the critics' values, the
+    losses, and where the steered ε sits against N(0, I) (mean |ε_i| 0.80, per-dimension std
+    1, share beyond ±2.5 1.2% under N(0, I): the dotted lines)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = [r["episodes"] for r in rounds]
+    panels = [("critic values", ("q_mean", "noise_q_mean"), ()),
+              ("losses", ("critic_loss", "noise_critic_loss"), ()),
+              ("steered ε vs N(0, I)", ("eps_abs_mean", "eps_dim_std", "eps_dim_mean_abs",
+                                        "eps_out_frac", "eps_saturated_frac"), (0.80, 1.0, 0.012))]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for ax, (title, keys, refs) in zip(axes, panels):
+        for k in keys:
+            pts = [(xi, r[k]) for xi, r in zip(x, rounds) if k in r]
+            if pts:
+                ax.plot(*zip(*pts), ".-", label=k)
+        for ref in refs:
+            ax.axhline(ref, color="grey", ls=":", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("online episodes")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = Path(run_dir) / "learner.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 class OnlineTrainer:
     """The online stage fed episode by episode (ROS-free; the trainer node's core).
 
@@ -518,6 +554,9 @@ class OnlineTrainer:
         else:
             self.st["pending"] = [i for i in self.st["pending"] if i not in set(used)]
             self.st["rounds"] += 1
+        self.st.setdefault("learner_log", []).append(
+            {"kind": kind, "version": version, "episodes": len(self.st["log"]),
+             **{k: round(v, 5) for k, v in metrics.items() if k in LEARNER_CURVES}})
         self.save(learner=True)
         w = self.writer()
         for k, v in metrics.items():
@@ -525,6 +564,7 @@ class OnlineTrainer:
         w.flush()
         if self.st["log"]:
             write_curve(self.st["log"], self.run_dir, self.cfg.window)
+        write_learner_curves(self.st["learner_log"], self.run_dir)
         return {"kind": kind, "version": version, "path": str(path), "sha256": meta.sha256,
                 "metrics": metrics, "episodes": len(used), "wall_s": time.time() - t0}
 
