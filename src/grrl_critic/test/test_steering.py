@@ -41,7 +41,8 @@ def synthetic_batch(B: int = 8, seed: int = 0) -> dict:
             "actions": torch.randn(B, K, D, generator=g), "noise": torch.randn(B, K, D, generator=g),
             "reward": (torch.rand(B, generator=g) < 0.3).float() * 0.9,
             "done": torch.rand(B, generator=g) < 0.3,
-            "offset": torch.randint(1, K + 1, (B,), generator=g)}
+            "offset": torch.randint(1, K + 1, (B,), generator=g),
+            "mc_return": torch.rand(B, generator=g)}
 
 
 def learner(seed: int = 0, **cfg) -> SteeringLearner:
@@ -188,8 +189,9 @@ def test_updates_move_the_heads_and_leave_backbone_and_dit_frozen():
     assert lr.policy_model() is m and lr.updates == 4
 
 
-def test_warm_up_trains_the_critics_only():
-    lr = learner(policy_delay=1)
+@pytest.mark.parametrize("target", ["mc", "td"])
+def test_warm_up_trains_the_critics_only(target):
+    lr = learner(policy_delay=1, warmup_target=target)
     m = lr.model
     pred, crit, ncrit = snapshot(m.noise_predictor), snapshot(m.critics), snapshot(m.noise_critic)
     for i in range(3):
@@ -197,6 +199,25 @@ def test_warm_up_trains_the_critics_only():
         assert metrics["actor_updated"] == 0.0
     assert same(pred, snapshot(m.noise_predictor))
     assert not same(crit, snapshot(m.critics)) and not same(ncrit, snapshot(m.noise_critic))
+
+
+def test_the_mc_warm_up_learns_the_returns_it_is_given():
+    """Transitions that differ only in their state: half returned 0.9, half 0.1. The MC
+    warm-up separates them in a few dozen updates; it refuses batches without returns."""
+    lr = learner(seed=4, critic_lr=3e-3)
+    b = synthetic_batch(B=16, seed=5)
+    good = torch.arange(16) < 8
+    b["obs"]["state"] = torch.where(good[:, None], 1.0, -1.0).expand(16, S).clone()
+    b["mc_return"] = torch.where(good, 0.9, 0.1)
+    for _ in range(60):
+        lr.warm_up_critic(b)
+    q, _ = lr.transition_values(b)
+    assert q[good].min() > 0.7 and q[~good].max() < 0.3, q
+    del b["mc_return"]
+    with pytest.raises(ValueError, match="Monte-Carlo returns"):
+        lr.warm_up_critic(b)
+    with pytest.raises(ValueError, match="warmup_target"):
+        SteeringConfig(warmup_target="nstep")
 
 
 # ---------------------------------------------------------------- running, resuming, diverging

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from grrl_trainer.online.replay import OnlineEpisode, QuarantineError, ReplayBuffers, validate
+from grrl_trainer.online.replay import (OnlineEpisode, QuarantineError, ReplayBuffers,
+                                       discounted_returns, validate)
 
 torch.set_num_threads(1)
 K, D, P, S = 4, 16, 16, 5
@@ -447,3 +448,18 @@ def test_sigkill_at_random_moment_loses_nothing(tmp_path: Path):
             assert len(rb.ids()) == n
             acknowledged.update(stored)   # stored unacknowledged: the next run re-feeds it
         # the next run re-feeds from k0000 (a restarted trainer): duplicates, then new ones
+
+
+def test_batches_carry_monte_carlo_returns_when_given_a_discount(tmp_path):
+    r = np.array([0.0, 0.0, 0.5], np.float32)
+    g = discounted_returns(r, np.array([2, 1, 3]), np.array([False, False, True]), 0.9)
+    np.testing.assert_allclose(g, [0.9 ** 3 * 0.5, 0.9 * 0.5, 0.5], rtol=1e-6)
+    with ReplayBuffers(tmp_path / "mc", gamma=0.9) as b:
+        b.add(episode("mc-ep", n=3))                 # offsets 1, 2, 3; reward 0.99^2 at the end
+        batch = b.batch([("mc-ep", 0), ("mc-ep", 1), ("mc-ep", 2)])
+        last = 0.99 ** 2
+        np.testing.assert_allclose(batch["mc_return"].numpy(),
+                                   [0.9 * 0.9 ** 2 * last, 0.9 ** 2 * last, last], rtol=1e-6)
+    with ReplayBuffers(tmp_path / "plain") as b:
+        b.add(episode("e", n=3))
+        assert "mc_return" not in b.sample(4)

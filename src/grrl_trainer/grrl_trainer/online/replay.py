@@ -325,6 +325,18 @@ def _read_episode(path: Path) -> tuple[OnlineEpisode, dict[str, Any]]:
 # buffers
 
 
+def discounted_returns(reward: np.ndarray, offset: np.ndarray, done: np.ndarray,
+                       gamma: float) -> np.ndarray:
+    """Monte-Carlo returns (N,) float32 of an episode's decisions: G_t = r_t + γ^offset_t ·
+    G_t+1 (nothing after a done row), the discount per executed chunk step as in the TD target."""
+    out = np.zeros(len(reward), np.float32)
+    g = 0.0
+    for t in range(len(reward) - 1, -1, -1):
+        g = float(reward[t]) + (0.0 if done[t] else gamma ** float(offset[t]) * g)
+        out[t] = g
+    return out
+
+
 class ReplayBuffers:
     """The on-policy and off-policy buffers of the online stage (see the module docstring).
 
@@ -333,13 +345,16 @@ class ReplayBuffers:
     """
 
     def __init__(self, root: Path | str, capacity: int = 200_000, on_policy_versions: int = 2,
-                 seed: int = 0, fsync: bool = True):
+                 seed: int = 0, fsync: bool = True, gamma: float | None = None):
         if capacity < 1 or on_policy_versions < 1:
             raise ValueError("capacity and on_policy_versions must be positive")
         self.root = Path(root)
         self.capacity = int(capacity)
         self.on_policy_versions = int(on_policy_versions)
         self.fsync = fsync
+        self.gamma = gamma
+        """with a discount, batches also carry each transition's Monte-Carlo return"""
+        self._returns: dict[str, np.ndarray] = {}
         self.rng = np.random.default_rng(seed)
         self.episodes_dir = self.root / "episodes"
         self.quarantine_dir = self.root / "quarantine"
@@ -467,7 +482,16 @@ class ReplayBuffers:
             "success": torch.as_tensor([ep.success for ep in eps], dtype=torch.bool),
             "on_policy": torch.as_tensor([self._info[ep.episode_id]["buffer"] == ON for ep in eps]),
             "episode_id": [ep.episode_id for ep in eps],
+            **({"mc_return": stack(lambda ep, t: self._mc_returns(ep)[t])}
+               if self.gamma is not None else {}),
         }
+
+    def _mc_returns(self, ep: OnlineEpisode) -> np.ndarray:
+        out = self._returns.get(ep.episode_id)
+        if out is None:
+            out = self._returns[ep.episode_id] = discounted_returns(
+                ep.reward, ep.offset, ep.done, float(self.gamma))
+        return out
 
     def close(self) -> None:
         """Release the lock (the files are always up to date)."""
@@ -543,6 +567,7 @@ class ReplayBuffers:
                 continue
             total -= self._info.pop(episode_id)["n"]
             self._episodes.pop(episode_id, None)
+            self._returns.pop(episode_id, None)
             self._evicted.add(episode_id)
             evicted.append(episode_id)
         if evicted:

@@ -364,7 +364,7 @@ class OnlineTrainer:
         self.obs_key = model.cfg.observation_key
         self.learner = SteeringLearner(model, cfg.steering, cfg.device)
         self.stop = threading.Event()
-        self.buffers = ReplayBuffers(self.run_dir / "replay", seed=cfg.seed)
+        self.buffers = ReplayBuffers(self.run_dir / "replay", seed=cfg.seed, gamma=cfg.gamma)
         self.state_path = self.run_dir / self.STATE
         self.st: dict[str, Any] = {
             "policy": self.policy, "base_version": self.base_version,
