@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bytemini_driver.sim_state import STATE_DIM
+from grrl_critic.steering import SteeringConfig
 from grrl_policy.checkpoint import read_meta, save_checkpoint
 from grrl_policy.model import GRRLModel, configure
 from grrl_trainer.online.trainer import OnlineConfig, OnlineTrainer, critic_separation
@@ -138,3 +139,27 @@ def test_critic_separation_is_the_auroc_of_each_critic_by_episode_outcome(policy
     only_failures = critic_separation(Oracle(), core.buffers, [ids[0], ids[2]])
     assert only_failures["auroc_q_episodes"] is None and only_failures["successes"] == 0
     core.close()
+
+
+def test_steering_of_an_offline_policy_starts_at_zero_noise_and_a_steered_one_keeps_its_own(
+        policy, tmp_path):
+    cfg = OnlineConfig(episodes_per_round=1, updates_per_round=2, batch_size=8,
+                       warmup_episodes=1, warmup_updates=2)
+    core = OnlineTrainer(policy, tmp_path / "run", cfg)
+    head = core.learner.model.noise_predictor.head
+    assert not head.weight.any() and not head.bias.any()
+    assert not core.learner.noise_target.head.weight.any()
+    core.add(episode(0, 1, success=True))
+    core.run_due()
+    core.add(episode(1, 2))
+    steered = core.run_due()["path"]            # a round moved the predictor
+    trained = core.learner.model.noise_predictor.head.weight.clone()
+    assert trained.any()
+    core.close()
+    again = OnlineTrainer(steered, tmp_path / "run2", cfg)   # a steerable checkpoint: kept
+    torch.testing.assert_close(again.learner.model.noise_predictor.head.weight, trained)
+    again.close()
+    kept = OnlineTrainer(policy, tmp_path / "run3", OnlineConfig(
+        steering=SteeringConfig(noise_init="checkpoint")))
+    assert kept.learner.model.noise_predictor.head.weight.any()
+    kept.close()

@@ -363,6 +363,8 @@ class OnlineTrainer:
         self.model_cfg = model.cfg
         self.obs_key = model.cfg.observation_key
         self.learner = SteeringLearner(model, cfg.steering, cfg.device)
+        if not meta.extra.get("steerable"):    # an offline policy: its predictor never trained
+            self.learner.start_noise_predictor()
         self.stop = threading.Event()
         self.buffers = ReplayBuffers(self.run_dir / "replay", seed=cfg.seed, gamma=cfg.gamma)
         self.state_path = self.run_dir / self.STATE
