@@ -73,6 +73,10 @@ class ControllerConfig:
     """initial noise from the noise predictor (online RL) for steerable checkpoints"""
     explore_std: float = 0.0
     """with steer: std of Gaussian exploration around the predicted ε"""
+    explore_hold: int = 1
+    """with steer: decisions each exploration draw is kept for (1: a new one every decision).
+    Temporal ensembling averages the ~16 chunks that cover a step, so independent draws barely
+    change the motion and the critics cannot learn what a shift of ε does; a held draw shifts it"""
     noise_seed: int = 0
     """mixed with each episode's seed to seed the sampling noise"""
     noise_scale: float = 1.0
@@ -87,6 +91,8 @@ class ControllerConfig:
             raise ValueError(f"noise_scale must be finite and >= 0, got {self.noise_scale}")
         if self.explore_std < 0:
             raise ValueError(f"explore_std must be >= 0, got {self.explore_std}")
+        if self.explore_hold < 1:
+            raise ValueError(f"explore_hold must be >= 1, got {self.explore_hold}")
 
 
 @dataclass
@@ -152,6 +158,7 @@ class PolicyController:
                                    self.robot)
         self.executor = self._executor()
         self.rng = np.random.default_rng([int(cfg.noise_seed), 0])
+        self._explore: tuple[np.ndarray, int] | None = None    # (held draw, decisions left)
         self.next_plan = float("-inf")
         self.hold_target: np.ndarray | None = None
 
@@ -180,6 +187,7 @@ class PolicyController:
         self.executor = self._executor()
         self.codec.reset(None if q is None else np.asarray(q, float))
         self.rng = np.random.default_rng([int(self.cfg.noise_seed), int(seed)])
+        self._explore = None
         self.next_plan = float("-inf")
         self.hold_target = None
 
@@ -204,6 +212,14 @@ class PolicyController:
             raise HoldError("policy", str(e)) from e
         return model_obs[self.policy.config.observation_key][0].numpy(), proprio
 
+    def _exploration(self, draw: np.ndarray) -> np.ndarray:
+        """explore_std times this decision's draw, or the held one (explore_hold)."""
+        if self._explore is None or self._explore[1] <= 0:
+            self._explore = (draw, self.cfg.explore_hold)
+        held, left = self._explore
+        self._explore = (held, left - 1)
+        return self.cfg.explore_std * held
+
     def infer(self, obs: Observation) -> Inference:
         """Check ``obs``, sample a chunk, decode it to joint targets; raises HoldError."""
         if obs.errors:
@@ -215,7 +231,7 @@ class PolicyController:
             steer = self.steering
             chunk = self.policy.infer(
                 model_obs, proprio_t, steer=steer, noise=None if steer else self.cfg.noise_scale * draw,
-                explore=self.cfg.explore_std * draw if steer and self.cfg.explore_std else None,
+                explore=self._exploration(draw) if steer and self.cfg.explore_std else None,
                 steps=self.cfg.flow_steps or None)
         except (ObservationError, PolicyOutputError) as e:
             raise HoldError("policy", str(e)) from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,5 +143,29 @@ def test_the_control_run_learns_but_acts_without_steering(policy, tmp_path):
         with ReplayBuffers(run / "replay") as b:
             eps = [b.episode(i) for i in b.ids()]
         assert len(eps) == 2 and not any(e.steered.any() for e in eps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_held_exploration_keeps_each_draw_for_explore_hold_decisions(policy, tmp_path):
+    """The first steered episodes start at ε = 0 (the offline predictor zeroed), so what they
+    record is the exploration alone: one draw per ``explore_hold`` decisions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = OnlineConfig(episodes_per_round=1, updates_per_round=1, warmup_episodes=1,
+                           warmup_updates=1, batch_size=8)
+        run = tmp_path / "held"
+        run_online(policy, run, cfg, RolloutConfig(episodes=1, workers=1, time_limit=1.0,
+                                                   explore_hold=3), progress=False)
+        with ReplayBuffers(run / "replay") as b:
+            ep = b.episode("online-v2-s20000")
+        assert ep.steered.all() and len(ep) >= 7
+        noise = ep.noise.reshape(len(ep), -1)
+        for start in range(0, len(ep) - 2, 3):
+            group = noise[start:start + 3]
+            np.testing.assert_array_equal(group, np.broadcast_to(group[0], group.shape))
+        assert not np.array_equal(noise[0], noise[3])
+        assert 0.1 < noise.std() < 0.5                      # explore_std 0.3 around zero
     finally:
         torch.set_num_threads(threads)

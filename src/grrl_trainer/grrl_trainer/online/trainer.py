@@ -93,6 +93,8 @@ class RolloutConfig:
     """online episodes in total"""
     explore_std: float = 0.3
     """exploration noise around the predicted epsilon during online episodes"""
+    explore_hold: int = 1
+    """decisions each exploration draw is kept for (ControllerConfig.explore_hold)"""
     steer: bool = True
     """act with the noise predictor; False is the control run: the same episodes, buffers and
     updates (critics and predictor still learn), the policy acting with ε ~ N(0, I)"""
@@ -111,6 +113,7 @@ def _episodes(policy: str, seeds: list[int], rollout: RolloutConfig, seed: int, 
     ecfg = EvalConfig(episodes=len(seeds), workers=rollout.workers, time_limit=rollout.time_limit,
                       controller=ControllerConfig(
                           steer=steer, explore_std=rollout.explore_std if steer else 0.0,
+                          explore_hold=rollout.explore_hold,
                           noise_seed=seed),
                       record_decisions=True, out_dir=str(out))
     return rollouts(policy, seeds, ecfg, progress=progress)
