@@ -93,8 +93,13 @@ class EpisodeNodeConfig:
     """wall seconds to wait for the driver's scene reset"""
     feedback_rate: float = 2.0
     """RunEpisode feedback rate (Hz)"""
-    state_timeout: float = 5.0
-    """wall seconds without a task state before the episode is invalid"""
+    state_timeout: float = 10.0
+    """wall seconds without a task state before the episode is invalid (more than the driver's
+    lock-step wait for a slow controller, lockstep_timeout = 5 s)"""
+    start_state_timeout: float = 40.0
+    """the same for a scene held at t = 0 (lock-step, start_paused) until its first state after
+    the reset: the driver holds it until the controller acts, up to its start_timeout (30 s),
+    and a controller's first inference can take seconds on a busy machine"""
     match_timeout: float = 2.0
     """wall seconds an episode's start waits for the recorded topics' publishers to match"""
     controller_timeout: float = 300.0
@@ -134,6 +139,7 @@ class EpisodeNode(Node):
         latest state, and a stage's time is the state where it changed, not a later one"""
         self.min_scene = 0
         self.task_wall = 0.0
+        self.held_start = False
         self.task_lock = threading.Lock()
         self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
                                  callback_group=group)
@@ -382,6 +388,7 @@ class EpisodeNode(Node):
         if not_ready:
             return not_ready
         hold = self._answers_steps()
+        self.held_start = hold
         timeout = self.cfg.reset_timeout
         if not self.reset_client.wait_for_service(timeout_sec=timeout):
             return "the driver's reset_scene service is not available"
@@ -475,7 +482,6 @@ class EpisodeNode(Node):
         params = {kv.key: kv.value for kv in reset.scene_parameters}
         seen_scene: int | None = int(params["scene_seq"]) if "scene_seq" in params else None
         self.task_wall = time.monotonic()
-        state_timeout = self.cfg.state_timeout
         while not mon.done:
             if handle.is_cancel_requested:
                 mon.finish(CANCELLED, "cancelled")
@@ -494,7 +500,10 @@ class EpisodeNode(Node):
                     st = self.failure or self.task
                     changes, self.changes = self.changes, []
                     silent = time.monotonic() - self.task_wall
-                if silent > state_timeout:
+                    # still at t = 0 (its state can come before or after our reset's answer)
+                    held = self.held_start and (
+                        self.task is None or stamp_s(self.task.header.stamp) <= 0.0)
+                if silent > (self.cfg.start_state_timeout if held else self.cfg.state_timeout):
                     mon.finish(INVALID, f"no task state from the driver for {silent:.0f} s")
                     break
                 for ch in changes:            # each at its own (simulated) time, in order
