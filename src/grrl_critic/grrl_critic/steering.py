@@ -71,8 +71,11 @@ class SteeringConfig:
 
     c: float = 1.0
     """eq. (3): coefficient of the penalty max(½‖ε‖² − β, 0)"""
-    beta: float | None = None
-    """eq. (3): threshold on ½‖ε‖²; None = ½·k·D, the expected ½‖ε‖² of ε ~ N(0, I)"""
+    beta: float | None = 1.0
+    """eq. (3): threshold on ½‖ε‖², a trust region around the flow's central chunk ε = 0 (the
+    paper gives no value); None = ½·k·D (160 for the task-space recipe: k = 16, D = 20), the
+    expected ½‖ε‖² of ε ~ N(0, I), under which the steered noise drifted off and the policy
+    collapsed (docs/results/ladder)"""
     gamma: float = 0.99
     """discount per chunk step (bootstrap γ^offset)"""
     tau: float = 0.005

@@ -74,9 +74,10 @@ def test_eq3_penalty_and_actor_loss_by_hand():
     e = eps.clone().requires_grad_(True)
     noise_actor_loss(torch.zeros(2), e, c=0.5, beta=2.0).backward()
     torch.testing.assert_close(e.grad, torch.stack([torch.zeros(2, 1), 0.5 * eps[1] / 2]))
-    # β's default is the expected ½‖ε‖² of N(0, I) over a chunk
+    # β = None is the expected ½‖ε‖² of N(0, I) over a chunk; the default is a trust region
     assert default_beta(16, 16) == 128.0
-    assert learner().beta == 0.5 * K * D
+    assert learner(beta=None).beta == 0.5 * K * D
+    assert learner().beta == SteeringConfig.beta == 1.0
     assert learner(beta=1.5).beta == 1.5
     big = torch.randn(20000, K, D)
     assert (0.5 * big.pow(2).flatten(1).sum(-1)).mean().item() == pytest.approx(0.5 * K * D, rel=0.03)
@@ -301,14 +302,20 @@ def steer_with_handmade_noise_critic(c: float, steps: int = 400, **cfg) -> tuple
 def test_eq3_moves_eps_toward_higher_noise_q_within_the_penalty_ball():
     """eq. (3) must raise the predictor's mean(ε) (higher Q_φ'), and the hinge must hold
     ½‖ε‖² near β = ½·k·D, where the best ε on that sphere is 1 everywhere; without the
-    penalty (c = 0) ε runs far past β."""
-    eps0, q0, eps, q, beta = steer_with_handmade_noise_critic(c=0.05)
+    penalty (c = 0) ε runs far past β. The default β = 1 holds it on a small sphere around
+    ε = 0, where the best ε is about sqrt(2β / (k·D)) everywhere."""
+    eps0, q0, eps, q, beta = steer_with_handmade_noise_critic(c=0.05, beta=None)
     half_sq = 0.5 * eps.flatten(1).pow(2).sum(-1)
     assert eps.mean() > 0.9 and eps.mean() > eps0.mean() + 0.5, (eps0.mean(), eps.mean())
     assert q.mean() > q0.mean() + 0.1
     assert (half_sq - beta).abs().max() < 0.1 * beta, half_sq
-    _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0)
+    _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0, beta=None)
     assert (0.5 * free.flatten(1).pow(2).sum(-1)).min() > 1.5 * beta
+    eps0, q0, eps, q, beta = steer_with_handmade_noise_critic(c=0.05)
+    assert beta == 1.0
+    half_sq = 0.5 * eps.flatten(1).pow(2).sum(-1)
+    assert ((half_sq > 0.9 * beta) & (half_sq < 1.5 * beta)).all(), half_sq   # (a soft hinge, c = 0.05)
+    assert eps.mean() == pytest.approx((2 * beta / (K * D)) ** 0.5, rel=0.2) and q.mean() > q0.mean()
 
 
 def test_the_bound_keeps_every_dimension_of_eps_where_the_flow_was_trained():

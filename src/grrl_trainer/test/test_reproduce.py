@@ -56,6 +56,12 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     bc_all, _ = load_checkpoint(str(out / "bc_all" / "policy"))
     assert (bc_all.cfg.action_mode, bc_all.cfg.action_norm, bc_all.cfg.state_norm) == \
         ("delta", "per_step", True)
+    # the mirrored rung trains mirror_steps_factor x the steps (the same passes over each variant)
+    trained = {v: json.loads((out / f"bc_{v}" / "policy.json").read_text())["extra"]["step"]
+               for v in ("all", "filtered", "filtered_mirror")}
+    factor = results["config"]["mirror_steps_factor"]
+    assert trained == {"all": smoke["bc_steps"], "filtered": smoke["bc_steps"],
+                       "filtered_mirror": round(factor * smoke["bc_steps"])} and factor == 2.0
     best = results["best_rung"]
     rates = {n: r["success_rate"] for n, r in results["rungs"].items()}
     assert best == [n for n in RUNGS if rates[n] == max(rates.values())][-1]   # the later on a tie
