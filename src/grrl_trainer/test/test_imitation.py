@@ -10,8 +10,9 @@ import torch
 from grrl_policy.model import GRRLModel, configure
 from grrl_policy.task_space import TASK_DIM
 from grrl_trainer.data.arrays import EpisodeArrays
-from grrl_trainer.evaluation.imitation import (ImitationConfig, chunk_errors, evaluate_imitation,
-                                               replan_disagreement, summary_table)
+from grrl_trainer.evaluation.imitation import (ImitationConfig, arm_view, chunk_errors,
+                                               evaluate_imitation, predict, replan_disagreement,
+                                               summary_table)
 
 POSE = np.r_[0.4, 0.2, 0.9, 1, 0, 0, 0, 1, 0, 0.02, 0.4, -0.2, 0.9, 1, 0, 0, 0, 1, 0, 0.02]
 
@@ -84,6 +85,22 @@ def test_report_of_a_model_beside_hold_still():
     assert set(report["policy"]["steps"]) == set(range(1, 17))
     assert isinstance(report["below_hold_still_every_step"], bool)
     assert "re-plan disagreement" in summary_table(report)
+    # the reach of noise steering: the chunk moves further the further ε is from 0, and the
+    # constant shift is exactly the chunk of ε = c everywhere against the chunk of ε = 0
+    reach = report["noise_authority_mm"]
+    assert list(reach) == ["0.1", "0.3", "1"] and set(reach["1"]) == {"random", "constant"}
+    for kind in ("random", "constant"):
+        med = [reach[s][kind][8]["median"] for s in reach]
+        assert 0 < med[0] < med[1] < med[2], med
+    rows = np.concatenate([s + np.arange(0, n, 8) for s, n in zip(a.start, a.length)])
+    base = predict(model, a, rows, "zero", 0)
+    ones = predict(model, a, rows, np.ones((len(rows), 16, TASK_DIM), np.float32), 0)
+    by_hand = 1000 * np.linalg.norm(arm_view(ones - base)[..., :3], axis=-1).max(-1)
+    assert reach["1"]["constant"][8]["median"] == pytest.approx(float(np.median(by_hand[:, 7])))
+    assert "chunk moved by eps of rms 0.3" in summary_table(report)
+    with pytest.raises(ValueError, match="authority_scales"):
+        ImitationConfig(authority_scales=(0.0,))
+    assert "noise_authority_mm" not in evaluate_imitation(model, a, ImitationConfig(authority_scales=()))
 
 
 def test_state_and_per_step_normalisers_are_part_of_the_model(tmp_path):

@@ -64,13 +64,19 @@ class ImitationConfig:
     batch_size: int = 256
     """decisions per forward pass"""
     seed: int = 0
-    """noise seed (with noise='sample')"""
+    """noise seed (with noise='sample', and of the authority directions)"""
+    authority_scales: tuple[float, ...] = (0.1, 0.3, 1.0)
+    """per-value rms of ε at which the reach of noise steering is measured: how far (tcp, mm)
+    the chunk from ε of that size moves from the ε = 0 chunk, for random directions and for one
+    constant shift of every value (what sizes eq. (3)'s β and the exploration); () = off"""
     out_dir: str = "eval/imitation"
     """directory of imitation.json and imitation.png"""
 
     def __post_init__(self) -> None:
         if self.noise not in ("zero", "sample"):
             raise ValueError(f"noise must be 'zero' or 'sample', got {self.noise!r}")
+        if any(not 0.0 < a < float("inf") for a in self.authority_scales):
+            raise ValueError(f"authority_scales must be finite and > 0, got {self.authority_scales}")
         if self.stride < 1 or self.episodes < 1 or self.batch_size < 1:
             raise ValueError(f"stride, episodes and batch_size must be >= 1, got {self.stride}, "
                              f"{self.episodes}, {self.batch_size}")
@@ -89,9 +95,10 @@ def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: GRRLModel, arrays: EpisodeArrays, rows: np.ndarray, noise: str, seed: int,
-            batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """The policy's chunks (B, k, D) in physical units at dataset rows (B,)."""
+def predict(model: GRRLModel, arrays: EpisodeArrays, rows: np.ndarray, noise: str | np.ndarray,
+            seed: int, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """The policy's chunks (B, k, D) in physical units at dataset rows (B,); ``noise``: 'zero',
+    'sample' or the initial noise itself (B, k, D)."""
     from tqdm import tqdm
 
     cfg = model.cfg
@@ -103,7 +110,9 @@ def predict(model: GRRLModel, arrays: EpisodeArrays, rows: np.ndarray, noise: st
         obs = {INSTRUCTION: [arrays.instructions[j] for j in e],
                STATE: torch.from_numpy(arrays.state[r])}
         proprio = torch.from_numpy(arrays.proprio[r])
-        if noise == "zero":
+        if isinstance(noise, np.ndarray):
+            eps = torch.from_numpy(noise[i:i + batch_size]).float()
+        elif noise == "zero":
             eps = torch.zeros(len(r), cfg.horizon, cfg.action_dim)
         else:
             eps = torch.from_numpy(np.stack([
@@ -186,11 +195,37 @@ def evaluate_imitation(model: GRRLModel, arrays: EpisodeArrays, cfg: ImitationCo
               "hold_still": {k: v for k, v in still.items() if k != "active"},
               "replan_mm": replan_disagreement(pred, rows, arrays, cfg.stride, policy["active"]),
               "decisions": int(len(rows)), "episodes": len(arrays.episodes)}
+    if cfg.authority_scales:
+        base = pred if cfg.noise == "zero" else predict(model, arrays, rows, "zero", cfg.seed,
+                                                        cfg.batch_size)
+        report["noise_authority_mm"] = noise_authority(model, arrays, rows, base,
+                                                       cfg.authority_scales, cfg.seed, cfg.batch_size)
     steps = policy["steps"]
     report["below_hold_still_every_step"] = all(
         steps[i]["position_mm"]["median"] < still["steps"][i]["position_mm"]["median"]
         for i in steps)
     return report
+
+
+def noise_authority(model: GRRLModel, arrays: EpisodeArrays, rows: np.ndarray, base: np.ndarray,
+                    scales: tuple[float, ...], seed: int, batch_size: int = 256) -> dict[str, Any]:
+    """How far the chunk moves when its initial noise moves away from ε = 0: per ε scale (rms
+    per value) the largest tcp displacement over the two arms (mm) from ``base`` (the ε = 0
+    chunks (B, k, D)) at each chunk step, for a random direction per decision ("random") and for
+    the same constant added to every value ("constant", the shape the collapsed predictor took)."""
+    cfg = model.cfg
+    shape = (len(rows), cfg.horizon, cfg.action_dim)
+    rng = np.random.default_rng([seed, 7])
+    out: dict[str, Any] = {}
+    for scale in scales:
+        row = {}
+        for kind, eps in (("random", scale * rng.standard_normal(shape)),
+                          ("constant", np.full(shape, scale))):
+            pred = predict(model, arrays, rows, eps.astype(np.float32), seed, batch_size)
+            moved = 1000 * np.linalg.norm(arm_view(pred - base)[..., :3], axis=-1).max(-1)  # (B, k)
+            row[kind] = {i + 1: _stats(moved[:, i]) for i in range(cfg.horizon)}
+        out[f"{scale:g}"] = row
+    return out
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -207,6 +242,10 @@ def summary_table(report: dict[str, Any]) -> str:
                  f"{p['idle_arm_mm']['p90']:.1f}, max {p['idle_arm_max_mm']:.1f} (hold-still "
                  f"{report['hold_still']['idle_arm_mm']['median']:.1f}); re-plan disagreement: "
                  f"median {r['median']:.1f} mm, p90 {r['p90']:.1f}")
+    for scale, row in report.get("noise_authority_mm", {}).items():
+        cells = "; ".join(f"{kind} " + " / ".join(f"{row[kind][s]['median']:.1f}" for s in (1, 8, 16)
+                                                 if s in row[kind]) for kind in row)
+        lines.append(f"chunk moved by eps of rms {scale} (mm, median at steps 1 / 8 / 16): {cells}")
     return "\n".join(lines)
 
 
