@@ -35,9 +35,13 @@ def test_params_remaps_namespace_over_dds(testpkg, launch_dir: Path, processes, 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_tears_down_every_node(testpkg, launch_dir: Path, processes, ros_node, sig):
+    # a node is running once it reports, not once it shows in the graph: the test talker
+    # (rclpy's own signal handlers) appears there while its constructor still runs, and a
+    # signal in that window once left it unable to stop (CI, a loaded 2-core machine)
+    reports = {ns: _reports(ros_node, f"/fleet/{ns}/talk") for ns in ("a", "b")}
     launch = processes.launch(str(launch_dir / "outer.launch.xml"), "use_second:=true")
-    ros_node.wait_for_node("/fleet/a/talker", timeout=30)
-    ros_node.wait_for_node("/fleet/b/talker", timeout=30)
+    for ns, received in reports.items():
+        wait_until(lambda received=received: received, 30, f"a report from /fleet/{ns}/talker")
     assert len(processes.leftovers()) == 3  # the launcher and two nodes
     launch.signal(sig)
     assert launch.wait(30) == 0, launch.output
