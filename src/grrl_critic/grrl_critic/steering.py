@@ -44,12 +44,12 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from grrl_policy.keys import PROPRIO
-from grrl_policy.model import GRRLModel
+from grrl_policy.model import NOISE_STRUCTURES, GRRLModel
 from grrl_policy.prefix import Prefix
 
 from .categorical import mean_value, project, support
@@ -114,6 +114,9 @@ class SteeringConfig:
     noise_bound: float | None = None
     """per-dimension bound of the steered ε (ModelConfig.noise_bound: b·tanh(u / b)); None =
     the checkpoint's, a number replaces it (0 = unbounded: only eq. (3)'s norm penalty)"""
+    noise_structure: str | None = None
+    """what the predictor steers (ModelConfig.noise_structure: 'full' k·D values, 'constant'
+    one D-vector over the chunk); None = the checkpoint's"""
 
     def __post_init__(self) -> None:
         if self.c < 0:
@@ -130,6 +133,9 @@ class SteeringConfig:
             raise ValueError(f"flow_steps must be >= 0, got {self.flow_steps}")
         if self.target_noise_std < 0 or self.target_noise_clip < 0:
             raise ValueError("target_noise_std and target_noise_clip must be >= 0")
+        if self.noise_structure is not None and self.noise_structure not in NOISE_STRUCTURES:
+            raise ValueError(f"noise_structure must be one of {NOISE_STRUCTURES} or None, "
+                             f"got {self.noise_structure!r}")
         if self.noise_bound is not None and not 0.0 <= self.noise_bound < float("inf"):
             raise ValueError(f"noise_bound must be finite and >= 0 or None, got {self.noise_bound}")
         if self.noise_init not in NOISE_INITS:
@@ -190,14 +196,20 @@ def noise_statistics(eps: torch.Tensor, bound: float = 0.0) -> dict[str, float]:
 
 
 def mixed_noise(predicted: torch.Tensor, p_normal: float,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                structure: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (4)'s input noise: per sample, N(0, I) with probability ``p_normal``, else the
     predictor's ε. predicted: (B, k, D) (pass it detached). Returns (ε (B, k, D), from_normal
-    (B,) bool). ``generator`` must live on predicted's device (None = the global RNG)."""
+    (B,) bool). ``generator`` must live on predicted's device (None = the global RNG);
+    ``structure`` restricts the normal draws to what the predictor steers
+    (GRRLModel.structured_draw)."""
     B = predicted.shape[0]
     from_normal = torch.rand(B, generator=generator, device=predicted.device) < p_normal
     normal = torch.randn(predicted.shape, generator=generator, device=predicted.device,
                          dtype=predicted.dtype)
+    if structure is not None:
+        normal = structure(normal)
     eps = torch.where(from_normal.view(B, *([1] * (predicted.dim() - 1))), normal, predicted)
     return eps, from_normal
 
@@ -223,6 +235,8 @@ class SteeringLearner:
         self.model = model.to(self.device)
         if self.cfg.noise_bound is not None:       # saved with the checkpoints this run writes
             model.cfg.noise_bound = float(self.cfg.noise_bound)
+        if self.cfg.noise_structure is not None:   # the same
+            model.cfg.noise_structure = self.cfg.noise_structure
         mc = model.cfg
         self.beta = (float(self.cfg.beta) if self.cfg.beta is not None
                      else default_beta(mc.horizon, mc.action_dim))
@@ -295,7 +309,7 @@ class SteeringLearner:
         with torch.no_grad():
             eps_next = self.noise_target(next_prefix, model.normalizer.norm(PROPRIO, b["next_proprio"]))
             if cfg.target_noise_std > 0:
-                smooth = (torch.randn_like(eps_next) * cfg.target_noise_std).clamp(
+                smooth = (model.structured_draw(torch.randn_like(eps_next)) * cfg.target_noise_std).clamp(
                     -cfg.target_noise_clip, cfg.target_noise_clip)
                 eps_next = model.clip_noise(eps_next + smooth)
             a_next = self.steered_actions(next_prefix, b["next_proprio"], eps_next)
@@ -327,7 +341,8 @@ class SteeringLearner:
         """Eq. (4): Q_φ' distilled from Q_φ at mixed noise (gradient to Q_φ' only)."""
         model = self.model
         with torch.no_grad():
-            eps, from_normal = mixed_noise(eps_predicted.detach(), self.cfg.noise_mix)
+            eps, from_normal = mixed_noise(eps_predicted.detach(), self.cfg.noise_mix,
+                                           structure=model.structured_draw)
             actions = self.steered_actions(prefix, proprio, eps)
             q_logits = model.critic_logits(prefix, proprio, actions)[:, :, -1]       # (n_c, B, bins)
             if self.cfg.distill_critics == "min":

@@ -2,6 +2,7 @@
 which parameters each loss reaches, frozen backbone and DiT, persistence, divergence, and a
 toy check that eq. (3) steers ε toward higher Q_φ' while the penalty holds ½‖ε‖² near β."""
 import copy
+from dataclasses import replace as dataclasses_replace
 import io
 import math
 
@@ -360,3 +361,40 @@ def test_the_bound_is_saved_with_the_policy_and_old_checkpoints_stay_unbounded()
     assert ModelConfig().noise_bound == 2.5
     with pytest.raises(ValueError, match="noise_bound"):
         SteeringConfig(noise_bound=-1.0)
+
+
+def test_constant_noise_structure_steers_one_shift_for_the_whole_chunk():
+    """``noise_structure='constant'``: the predictor's ε, eq. (4)'s N(0, I) draws and the
+    target smoothing repeat one D-vector over the chunk (still N(0, 1) per value); eq. (3)
+    still climbs Q_φ'; the choice is saved with the policy and old configs stay 'full'."""
+    lr = learner(noise_structure="constant")
+    m = lr.model
+    assert m.cfg.noise_structure == "constant"
+    b = synthetic_batch()
+    with torch.no_grad():
+        prefix = m.encode(b["obs"])
+        m.noise_predictor.head.bias.copy_(torch.randn(D))
+        raw = m.noise_predictor(prefix, m.normalizer.norm("proprio", b["proprio"]))
+        eps = m.predict_noise(prefix, b["proprio"])
+    assert not torch.allclose(raw[:, :1].expand_as(raw), raw)        # the raw output varies
+    torch.testing.assert_close(eps, m.bound_noise(raw.mean(1, keepdim=True)).expand_as(eps))
+    n = 20000
+    mixed, from_normal = mixed_noise(torch.zeros(n, K, D), 1.0, torch.Generator().manual_seed(0),
+                                     structure=m.structured_draw)
+    assert from_normal.all() and torch.equal(mixed, mixed[:, :1].expand_as(mixed))
+    assert abs(mixed.std().item() - 1.0) < 0.02                          # N(0, 1) per value
+    metrics = lr.update(b)                     # the whole step runs with the structure
+    assert math.isfinite(metrics["critic_loss"])
+    _, q0, eps1, q1, _ = steer_with_handmade_noise_critic(c=0.05, beta=None,
+                                                          noise_structure="constant")
+    assert torch.equal(eps1, eps1[:, :1].expand_as(eps1)) and q1.mean() > q0.mean() + 0.1
+    old = small_model().cfg.to_dict()
+    del old["noise_structure"]
+    assert ModelConfig.from_dict(old).noise_structure == "full"
+    full = small_model()
+    draw = torch.randn(3, K, D)
+    assert torch.equal(full.structured_draw(draw), draw)
+    with pytest.raises(ValueError, match="noise_structure"):
+        SteeringConfig(noise_structure="diagonal")
+    with pytest.raises(ValueError, match="noise_structure"):
+        GRRLModel(dataclasses_replace(small_model().cfg, noise_structure="diagonal"))

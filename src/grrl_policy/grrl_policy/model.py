@@ -25,6 +25,9 @@ from .tiny_backbone import TinyBackbone, TinyBackboneConfig
 
 log = logging.getLogger(__name__)
 
+NOISE_STRUCTURES = ("full", "constant")
+"""ModelConfig.noise_structure's choices"""
+
 
 @dataclass
 class QwenConfig:
@@ -85,6 +88,12 @@ class ModelConfig:
     """the noise predictor's output per dimension is b·tanh(u / b) (DSRL's bounded latent
     actions): steered ε stays where the flow was trained (|ε_i| < 2.5 holds for 98.8% of
     N(0, 1) draws); 0 = unbounded (a linear head, as checkpoints made before this option)"""
+    noise_structure: str = "full"
+    """what the noise predictor steers: 'full', an ε per chunk step and dimension (k·D values,
+    the paper's), or 'constant', one D-vector repeated over the chunk (D values: a coherent
+    shift of the whole chunk, which survives temporal ensembling; exploration and the
+    distillation's N(0, I) draws follow the same structure). Sampling from N(0, I) without
+    steering is unchanged"""
 
     @property
     def observes_state(self) -> bool:
@@ -228,6 +237,9 @@ class GRRLModel(nn.Module):
             raise ValueError("state_norm needs a model that observes the simulator state")
         if not 0.0 <= cfg.noise_bound < float("inf"):
             raise ValueError(f"noise_bound must be finite and >= 0, got {cfg.noise_bound}")
+        if cfg.noise_structure not in NOISE_STRUCTURES:
+            raise ValueError(f"noise_structure must be one of {NOISE_STRUCTURES}, "
+                             f"got {cfg.noise_structure!r}")
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         bb = self.backbone
@@ -325,7 +337,18 @@ class GRRLModel(nn.Module):
     def predict_noise(self, prefix: Prefix, proprio: torch.Tensor) -> torch.Tensor:
         """π_θ'(s): the initial noise ε (B, k, D) that steers the flow policy, each value inside
         (−noise_bound, noise_bound) when bounded."""
-        return self.bound_noise(self.noise_predictor(prefix, self.normalizer.norm(PROPRIO, proprio)))
+        u = self.noise_predictor(prefix, self.normalizer.norm(PROPRIO, proprio))
+        if self.cfg.noise_structure == "constant":      # one shift for the whole chunk
+            u = u.mean(-2, keepdim=True).expand_as(u)
+        return self.bound_noise(u)
+
+    def structured_draw(self, draw: torch.Tensor) -> torch.Tensor:
+        """A standard normal draw (…, k, D) restricted to what the predictor steers
+        (``noise_structure``): 'constant' repeats its first step over the chunk (still N(0, 1)
+        per value), 'full' keeps it. For exploration, target smoothing and eq. (4)'s N(0, I)."""
+        if self.cfg.noise_structure == "constant":
+            return draw[..., :1, :].expand_as(draw)
+        return draw
 
     def bound_noise(self, u: torch.Tensor) -> torch.Tensor:
         """The predictor's raw output u (B, k, D) → b·tanh(u / b) (identity when unbounded):

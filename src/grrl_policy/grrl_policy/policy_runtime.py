@@ -187,8 +187,9 @@ class Policy:
         elif steer:
             eps = model.predict_noise(prefix, proprio)
             if explore is not None:         # exploration stays inside the predictor's bound
-                eps = model.clip_noise(eps + torch.as_tensor(explore, dtype=eps.dtype,
+                draw = model.structured_draw(torch.as_tensor(explore, dtype=eps.dtype,
                                                              device=eps.device)[None])
+                eps = model.clip_noise(eps + draw)
         else:
             eps = torch.randn(1, model.cfg.horizon, model.cfg.action_dim, device=self.device)
         if not torch.isfinite(eps).all():

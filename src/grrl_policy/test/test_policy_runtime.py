@@ -108,3 +108,20 @@ def test_hot_swap_installs_verified_checkpoints_and_keeps_the_old_on_failure(tmp
     noise = np.zeros((4, 2), np.float32)
     expect, _ = new.eval().act(obs, proprio, noise=torch.from_numpy(noise)[None])
     np.testing.assert_allclose(policy.infer(obs, proprio, noise=noise).actions, expect[0].numpy(), atol=1e-6)
+
+
+def test_exploration_follows_the_noise_structure():
+    """With ``noise_structure='constant'`` the exploration draw's first step is repeated over
+    the chunk, like the predictor's ε: the shift survives temporal ensembling."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, noise_structure="constant")
+    policy = Policy(GRRLModel(cfg))
+    obs, proprio = build_observation(cfg, "lace it", np.zeros(16), images())
+    explore = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    chunk = policy.infer(obs, proprio, steer=True, explore=explore)
+    assert np.allclose(chunk.noise, chunk.noise[:1])
+    base = policy.infer(obs, proprio, steer=True)
+    assert np.allclose(base.noise, base.noise[:1])
+    np.testing.assert_allclose(chunk.noise, np.clip(base.noise + explore[:1], -2.5, 2.5), atol=1e-5)
