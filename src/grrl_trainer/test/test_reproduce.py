@@ -50,6 +50,11 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
         assert (out / "results" / name).stat().st_size > 0
         assert (pub / name).exists()
     assert results["online"]["episodes"] == 2
+    # the demonstrations: the plain ones and the DART ones, merged, on disjoint seeds
+    merged = json.loads((out / "demos_all" / "info.json").read_text())["merged_from"]
+    assert [m["episodes"] for m in merged] == [smoke["demos"], smoke["dart_demos"]]
+    noise = [m["collection"]["execution_noise_std"] for m in merged]
+    assert noise == [0.0, results["config"]["dart_noise_std"]] and noise[1] > 0
     model, meta = load_checkpoint(str(shipped))
     assert model.cfg.name == "tiny-state-task" and model.cfg.action_space == "task"
     # the BC rungs use the imitation recipe
