@@ -309,8 +309,9 @@ class SteeringLearner:
         with torch.no_grad():
             eps_next = self.noise_target(next_prefix, model.normalizer.norm(PROPRIO, b["next_proprio"]))
             if cfg.target_noise_std > 0:
-                smooth = (model.structured_draw(torch.randn_like(eps_next)) * cfg.target_noise_std).clamp(
-                    -cfg.target_noise_clip, cfg.target_noise_clip)
+                draw = model.structured_draw(torch.randn_like(eps_next))
+                smooth = (draw * cfg.target_noise_std).clamp(-cfg.target_noise_clip,
+                                                             cfg.target_noise_clip)
                 eps_next = model.clip_noise(eps_next + smooth)
             a_next = self.steered_actions(next_prefix, b["next_proprio"], eps_next)
             next_out = self._target_critic_logits(next_prefix, b["next_proprio"], a_next)[:, :, -1]

@@ -56,7 +56,7 @@ class ReproduceConfig:
     dart_demos: int = 300
     """further flawed demonstrations executed with DART noise (seeds demos..demos+dart_demos-1;
     the recorded targets are the demonstrator's, the executed ones carry a smooth offset), merged
-    with the others; 0 = none. BC all went from 9/100 (300 plain, 8,000 steps) to 38/100 with
+    with the others (not with ``--data``, which is used as given); 0 = none. BC all went from 9/100 (300 plain, 8,000 steps) to 38/100 with
     300 + 300 DART at 16,000 steps, held out (docs/results/ladder)"""
     dart_noise_std: float = 0.005
     """execution noise of the DART demonstrations (rad; CollectConfig.execution_noise_std)"""
@@ -229,25 +229,24 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
 
     # 1. demonstrations
     t = stage("demonstrations")
-    if data:
-        data = Path(data).resolve()
-    else:
-        ccfg = CollectConfig(images=cfg.observation == "images", left_bias=cfg.left_bias,
-                             time_limit=max(cfg.time_limit, CollectConfig.time_limit))
-        parts = [(out / "demos", ccfg, range(cfg.demos))]
-        if cfg.dart_demos:
-            parts.append((out / "demos_dart", replace(ccfg, execution_noise_std=cfg.dart_noise_std),
-                          range(cfg.demos, cfg.demos + cfg.dart_demos)))
-        for part, pcfg, seeds in parts:
-            if not (part / "info.json").exists() or \
-                    len(list((part / "episodes").glob("*"))) < len(seeds):
-                collect(part, pcfg, list(seeds), cfg.workers, progress=progress)
-        data = parts[0][0]
-        if len(parts) > 1:
-            data = out / "demos_all"
-            if not (data / "info.json").exists():
-                shutil.rmtree(data, ignore_errors=True)     # links of a merge cut short
-                merge_datasets(data, [p for p, _, _ in parts])
+    ccfg = CollectConfig(images=cfg.observation == "images", left_bias=cfg.left_bias,
+                         time_limit=max(cfg.time_limit, CollectConfig.time_limit))
+    # --data: the plain demonstrations go there (topped up to ``demos``), as before; the DART
+    # half is collected only for a reproduction that owns its data
+    parts = [(Path(data).resolve() if data else out / "demos", ccfg, range(cfg.demos))]
+    if cfg.dart_demos and not data:
+        parts.append((out / "demos_dart", replace(ccfg, execution_noise_std=cfg.dart_noise_std),
+                      range(cfg.demos, cfg.demos + cfg.dart_demos)))
+    for part, pcfg, seeds in parts:
+        if not (part / "info.json").exists() or \
+                len(list((part / "episodes").glob("*"))) < len(seeds):
+            collect(part, pcfg, list(seeds), cfg.workers, progress=progress)
+    data = parts[0][0]
+    if len(parts) > 1:
+        data = out / "demos_all"
+        if not (data / "info.json").exists():
+            shutil.rmtree(data, ignore_errors=True)     # links of a merge cut short
+            merge_datasets(data, [p for p, _, _ in parts])
     spent("demonstrations", t)
 
     # 2. critic and filter
