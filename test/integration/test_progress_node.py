@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
+from grrl_tools.testing import wait_until
+
 from test_policy_node import task_space_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -87,9 +89,57 @@ def test_a_critic_of_another_action_space_is_refused_and_the_episode_runs(proces
     assert "progress not computed: chunk of shape (16, 20); the critic scores (16, 16) chunks" \
         in out, out[-3000:]
     assert out.count("progress not computed: chunk of shape") == 1     # one warning per reason
-    # the only other reason allowed: on a loaded machine the first chunk may come before the
-    # node has heard the joint state of its instant (a wall-clock wait, warned once)
+    # the only other reasons allowed: on a loaded machine the first chunk may come before the
+    # node has heard the joint state of its instant or its episode's STARTED event, and wait
+    # longer than its wall-clock bound (warned once each)
     reasons = set(re.findall(r"progress not computed: ([^\n(]+)", out))
-    assert reasons <= {"chunk of shape ", "no joint state "}, reasons
+    allowed = ("chunk of shape ", "no joint state ", "no STARTED event of episode ")
+    assert all(r.startswith(allowed) for r in reasons), reasons
     assert "episode 1/1 seed 3:" in out and "| progress" not in out.split("episode 1/1")[1]
     assert "Traceback" not in out
+
+
+def test_a_chunk_that_overtakes_its_episodes_started_event_waits_for_it(start_node, ros_node,
+                                                                          tmp_path):
+    """The STARTED event and the chunks come on different topics, so a loaded machine may
+    deliver a chunk first: it waits for the event (as for its joint state) and is scored."""
+    from geometry_msgs.msg import Point
+    from sensor_msgs.msg import JointState
+
+    from grrl_critic.progress_node import EVENTS_QOS
+    from grrl_interfaces.msg import ActionChunk, EpisodeEvent, TaskProgress, TaskState
+    from grrl_policy.robot import resolve
+
+    critic = critic_checkpoint(tmp_path / "critic")
+    progress = ros_node.collect(TaskProgress, "grrl/progress")
+    node = ros_node.node
+    pubs = {"chunk": node.create_publisher(ActionChunk, "grrl/action_chunk", 10),
+            "joints": node.create_publisher(JointState, "bytemini/joint_states", 10),
+            "task": node.create_publisher(TaskState, "bytemini/sim/task_state", 10),
+            "event": node.create_publisher(EpisodeEvent, "grrl/episode", EVENTS_QOS)}
+    proc = start_node("grrl_critic", "progress_node", critic=str(critic), pending_timeout=120.0)
+    for pub in pubs.values():
+        ros_node.wait_for_matched(pub, timeout=60)
+    stamp = node.get_clock().now().to_msg()
+    chunk = ActionChunk(horizon=16, action_dim=20, actions=[0.0] * 320, episode_id="ep-late",
+                        policy_version=1)
+    chunk.header.stamp = stamp
+    pubs["chunk"].publish(chunk)
+    names = list(resolve(None).actuated_joint_names)
+    joints = JointState(name=names, position=[0.0] * len(names))
+    joints.header.stamp = stamp
+    task = TaskState(seed=5, lace=[Point(x=0.4, y=-0.2 + 0.04 * i, z=0.05) for i in range(11)])
+    task.eyelet_center = Point(x=0.45, y=0.0, z=0.08)
+    task.threading_direction.z = 1.0
+    task.header.stamp = stamp
+    pubs["joints"].publish(joints)
+    pubs["task"].publish(task)
+    pubs["event"].publish(EpisodeEvent(episode_id="ep-late", event=EpisodeEvent.EVENT_STARTED,
+                                       seed=5, instruction="thread the left lace end"))
+    try:
+        wait_until(lambda: progress, 60, "the chunk's progress")
+    finally:
+        proc.stop()
+    assert "progress not computed" not in proc.output, proc.output[-3000:]
+    assert progress[0].episode_id == "ep-late" and 0.0 <= progress[0].progress <= 1.0
+    assert progress[0].header.stamp == stamp

@@ -8,8 +8,8 @@ critic (:class:`grrl_critic.progress.ProgressEstimator`) and publishes ``grrl/pr
 (``grrl_interfaces/TaskProgress``) at the chunk rate. The episode node forwards it in the
 ``RunEpisode`` feedback and records it with the episode.
 
-A chunk whose inputs have not arrived yet waits for them (up to ``pending_timeout`` wall
-seconds); a chunk it cannot score (another action space, non-finite values, a task state of
+A chunk whose inputs have not arrived yet (its instant's states, its episode's STARTED event,
+which comes on another topic) waits for them (up to ``pending_timeout`` wall seconds); a chunk it cannot score (another action space, non-finite values, a task state of
 another scene, no instruction) is skipped with one warning per reason, never crashes the node.
 It is not a controller: it does not answer the simulator's steps, so it never slows an episode.
 Parameters: :class:`ProgressNodeConfig`.
@@ -151,6 +151,7 @@ class ProgressNode(Node):
                 self.instructions[msg.episode_id] = (msg.instruction, msg.seed)
                 while len(self.instructions) > 8:
                     self.instructions.popitem(last=False)
+            self._drain()
 
     def on_chunk(self, msg: ActionChunk) -> None:
         with self.lock:
@@ -171,8 +172,12 @@ class ProgressNode(Node):
                     return                     # its joint / task state is still on its way
                 self.pending.popleft()
             if inputs is None:
-                self.warn_once(f"no joint state (or task state / images) of a chunk's instant "
-                               f"within {self.cfg.pending_timeout:.1f} s")
+                with self.lock:
+                    started = msg.episode_id in self.instructions
+                self.warn_once(
+                    (f"no joint state (or task state / images) of a chunk's instant"
+                     if started else f"no STARTED event of episode {msg.episode_id}")
+                    + f" within {self.cfg.pending_timeout:.1f} s")
                 continue
             if isinstance(inputs, str):
                 self.warn_once(inputs)
@@ -186,7 +191,7 @@ class ProgressNode(Node):
             return "a chunk outside an episode"
         episode = self.instructions.get(msg.episode_id)
         if episode is None:
-            return f"no STARTED event of episode {msg.episode_id}"
+            return None          # the event comes on another topic: a chunk may overtake it
         t, slop = stamp_s(msg.header.stamp), self.cfg.sync_slop
         q = nearest(self.joints, t, slop)
         if q is None:

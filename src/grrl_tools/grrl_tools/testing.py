@@ -86,7 +86,8 @@ class ManagedProcess:
 
     @property
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:           # (stopped: the log is closed, its text complete)
+            self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def signal(self, sig: int) -> None:
