@@ -206,11 +206,12 @@ class RosTestNode:
         names = self.node.get_node_names_and_namespaces()
         return not any((ns.rstrip("/") + "/" + n) == fqn for n, ns in names)
 
-    def call(self, client: Any, request: Any, timeout: float = 5.0, attempts: int = 4) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = 5.0, attempts: int = 12) -> Any:
         """A service call that asks again if the answer is lost (right after discovery the
-        server's reply can go to a reader it has not matched yet) or late (a loaded machine).
-        For idempotent requests. (rclpy's ``Client.call`` raises TimeoutError where older
-        versions returned None: both mean "ask again".)"""
+        server's reply can go to a reader it has not matched yet; on a loaded machine that
+        took longer than 4 x 5 s once) or late (a loaded machine). For idempotent requests.
+        (rclpy's ``Client.call`` raises TimeoutError where older versions returned None: both
+        mean "ask again".)"""
         for _ in range(attempts):
             try:
                 response = client.call(request, timeout_sec=timeout)

@@ -30,6 +30,9 @@ def test_a_lost_or_late_answer_is_asked_for_again():
 
 
 def test_no_answer_at_all_is_a_clear_timeout():
-    client = FlakyClient([TimeoutError] * 4)
-    with pytest.raises(TimeoutError, match="no answer from /reset_scene after 4 attempts"):
+    client = FlakyClient([TimeoutError] * 12)
+    with pytest.raises(TimeoutError, match="no answer from /reset_scene after 12 attempts"):
         RosTestNode.call(None, client, "reset", timeout=0.01)
+    client = FlakyClient([TimeoutError] * 3)
+    with pytest.raises(TimeoutError, match="no answer from /reset_scene after 3 attempts"):
+        RosTestNode.call(None, client, "reset", timeout=0.01, attempts=3)
