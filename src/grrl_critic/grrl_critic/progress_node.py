@@ -9,8 +9,9 @@ critic (:class:`grrl_critic.progress.ProgressEstimator`) and publishes ``grrl/pr
 ``RunEpisode`` feedback and records it with the episode.
 
 A chunk whose inputs have not arrived yet (its instant's states, its episode's STARTED event,
-which comes on another topic) waits for them (up to ``pending_timeout`` wall seconds); a chunk it cannot score (another action space, non-finite values, a task state of
-another scene, no instruction) is skipped with one warning per reason, never crashes the node.
+which comes on another topic) waits for them (up to ``pending_timeout`` wall seconds); a chunk
+it cannot score (another action space, non-finite values, a task state of another scene, no
+instruction) is skipped with one warning per reason, never crashes the node.
 It is not a controller: it does not answer the simulator's steps, so it never slows an episode.
 Parameters: :class:`ProgressNodeConfig`.
 """
