@@ -118,7 +118,10 @@ class ReproduceConfig:
     workers: int = 2
     """simulation worker processes (collection, rollouts, evaluation)"""
     time_limit: float = 40.0
-    """simulated seconds per episode (the longest demonstration takes 28 s)"""
+    """simulated seconds per online RL episode (the longest demonstration takes 28 s)"""
+    eval_time_limit: float = 60.0
+    """simulated seconds per evaluation episode: grrl-eval's default (EvalConfig.time_limit),
+    the limit of every held-out number in docs/results, so the rungs compare with them"""
     device: str = "cpu"
     """torch device of the training stages (critic, BC, online learner); rollouts and
     evaluations run on CPU worker processes"""
@@ -131,12 +134,12 @@ class ReproduceConfig:
 SIZES: dict[str, dict[str, Any]] = {
     "default": {},
     "small": dict(demos=60, dart_demos=60, critic_steps=600, bc_steps=800, eval_episodes=30, online_episodes=24,
-                  warmup_episodes=12, warmup_updates=60, updates_per_round=20),
+                  warmup_episodes=12, warmup_updates=60, updates_per_round=20, eval_time_limit=40.0),
     # (5 demonstrations: the critic needs a success among them, and seeds 0-2 all fail)
     "smoke": dict(demos=5, dart_demos=2, critic_steps=4, bc_steps=4, eval_episodes=2, online_episodes=2,
                   episodes_per_round=1, updates_per_round=2, warmup_episodes=1, warmup_updates=2,
-                  batch_size=16, bc_batch_size=16, time_limit=2.0, workers=1, parallel=1,
-                  mirror_steps_factor=2.0),      # (so that the test sees the factor applied)
+                  batch_size=16, bc_batch_size=16, time_limit=2.0, eval_time_limit=2.0, workers=1,
+                  parallel=1, mirror_steps_factor=2.0),      # (so that the test sees the factor applied)
 }
 
 
@@ -160,7 +163,7 @@ def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress
     from grrl_policy.controller import ControllerConfig
     from grrl_trainer.evaluation.evaluate import EvalConfig, evaluate_or_reuse
     ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
-                      workers=cfg.workers, time_limit=cfg.time_limit,
+                      workers=cfg.workers, time_limit=cfg.eval_time_limit,
                       controller=ControllerConfig(steer=steer), out_dir=str(edir))
     return evaluate_or_reuse(ckpt, ecfg, progress)
 

@@ -1,5 +1,6 @@
 """grrl-eval: deterministic parallel evaluation, limits of the executed commands, failures as
 results (never crashes), the report, the CLI's errors."""
+import dataclasses
 import json
 import math
 
@@ -14,8 +15,10 @@ from grrl_policy.checkpoint import save_checkpoint
 from grrl_policy.model import GRRLModel, preset
 from grrl_policy.policy_runtime import Policy
 from grrl_policy.tiny_backbone import TinyBackboneConfig
-from grrl_trainer.evaluation.evaluate import (EpisodeResult, EvalConfig, evaluate, main, make_sim,
-                                   run_episode, save_gif, summarize, summary_line)
+from grrl_trainer.evaluation import evaluate as evaluation
+from grrl_trainer.evaluation.evaluate import (EpisodeResult, EvalConfig, evaluate, evaluate_or_reuse,
+                                              main, make_sim, run_episode, save_gif, summarize,
+                                              summary_line)
 
 HASHED_STATE = preset("tiny-state", tiny=TinyBackboneConfig(
     observation="state", state_dim=STATE_DIM, text_encoder="hashed"))
@@ -190,6 +193,35 @@ def test_cli_refuses_missing_and_corrupt_checkpoints(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main([str(tmp_path / "bad.json"), "--out", out, "--quiet"]) == 2
     assert "unreadable checkpoint config" in capsys.readouterr().err
+
+
+def test_a_finished_evaluation_is_reused_only_for_the_same_weights_and_settings(tmp_path,
+                                                                                monkeypatch):
+    torch.manual_seed(0)
+    save_checkpoint(GRRLModel(HASHED_STATE), tmp_path / "run" / "policy", version=1)
+    ckpt = str(tmp_path / "run" / "policy")
+    cfg = EvalConfig(episodes=1, time_limit=0.5, workers=1, out_dir=str(tmp_path / "eval"))
+    first = evaluate_or_reuse(ckpt, cfg, progress=False)
+    calls = []
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda c, e, progress=True: calls.append((c, e)) or {"fresh": True})
+    # how it ran does not matter; the same weights reached through a link are the same policy
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    again = [evaluate_or_reuse(ckpt, dataclasses.replace(cfg, workers=2), progress=False),
+             evaluate_or_reuse(str(tmp_path / "link" / "policy"), cfg, progress=False)]
+    assert again == [first, first] and calls == []
+    # other seeds, another time limit, another controller: measured again, never reused
+    for changed in (dataclasses.replace(cfg, first_seed=9000),
+                    dataclasses.replace(cfg, time_limit=0.6),
+                    dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, steer=True))):
+        assert evaluate_or_reuse(ckpt, changed, progress=False) == {"fresh": True}
+    # other weights at the same path, or an unreadable report: measured again
+    torch.manual_seed(1)
+    save_checkpoint(GRRLModel(HASHED_STATE), tmp_path / "run" / "policy", version=2)
+    assert evaluate_or_reuse(ckpt, cfg, progress=False) == {"fresh": True}
+    (tmp_path / "eval" / "eval.json").write_text("{not json")
+    assert evaluate_or_reuse(ckpt, cfg, progress=False) == {"fresh": True}
+    assert len(calls) == 5
 
 
 def test_cli_help():

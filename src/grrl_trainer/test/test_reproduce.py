@@ -7,7 +7,8 @@ import pytest
 
 from bytemini_driver.task import STAGES
 from grrl_policy.checkpoint import load_checkpoint
-from grrl_trainer.reproduce import RUNGS, SIZES, main
+from grrl_trainer.evaluation.evaluate import EvalConfig
+from grrl_trainer.reproduce import RUNGS, SIZES, ReproduceConfig, main
 
 EVAL_DIRS = dict(zip(RUNGS, ("eval_all", "eval_filtered", "eval_filtered_mirror", "eval_online")))
 
@@ -81,3 +82,8 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     # another configuration in the same directory is refused, not mixed in
     assert main(["--out", str(out), "--size", "smoke", "--bc-steps", "5", "--quiet"]) == 2
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_the_default_size_evaluates_as_grrl_eval_does():
+    """The rungs are comparable with every held-out number published by grrl-eval."""
+    assert ReproduceConfig().eval_time_limit == EvalConfig().time_limit

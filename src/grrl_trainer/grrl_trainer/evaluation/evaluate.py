@@ -501,15 +501,40 @@ def evaluate(checkpoint: str | None, cfg: EvalConfig, preset: str = "tiny",
     return report
 
 
-def evaluate_or_reuse(checkpoint: str, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """:func:`evaluate`, unless ``cfg.out_dir`` already holds the report of the same number of
-    episodes of the same checkpoint (resumable pipelines read finished evaluations back)."""
+REUSE_RUNTIME = ("out_dir", "workers", "threads", "device", "video_episodes", "video_size")
+"""EvalConfig fields a reused report may differ in: where and how fast it ran, not what it
+measured (episodes are per-seed deterministic at any worker count)"""
+
+
+def reusable_report(checkpoint: str, cfg: EvalConfig) -> dict[str, Any] | None:
+    """The report in ``cfg.out_dir`` if it measured the same weights (sha256 of the file, not
+    its path: a run reached through a link or moved is the same policy) with the same settings
+    (seeds, time limit, controller, ...; :data:`REUSE_RUNTIME` aside); None otherwise."""
     path = Path(cfg.out_dir) / "eval.json"
-    if path.exists():
+    if not path.exists():
+        return None
+    try:
         report = json.loads(path.read_text())
-        if report.get("episodes") == cfg.episodes and \
-                report.get("checkpoint") == os.path.abspath(checkpoint):
-            return report
+        sha, _ = verify_checkpoint(checkpoint)
+    except (OSError, ValueError, CheckpointError):
+        return None
+    if not isinstance(report, dict) or report.get("sha256") != sha:
+        return None
+    old, new = report.get("config"), json.loads(json.dumps(asdict(cfg)))
+    if not isinstance(old, dict) or \
+            any(old.get(k) != new.get(k) for k in set(old) | set(new) if k not in REUSE_RUNTIME):
+        return None
+    return report
+
+
+def evaluate_or_reuse(checkpoint: str, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate`, unless ``cfg.out_dir`` already holds a report of the same policy with
+    the same settings (:func:`reusable_report`): resumable pipelines read finished evaluations
+    back, and never a report of other seeds or another time limit."""
+    report = reusable_report(checkpoint, cfg)
+    if report is not None:
+        LOG.info("%s: reusing the evaluation of the same policy and settings", cfg.out_dir)
+        return report
     return evaluate(checkpoint, cfg, progress=progress)
 
 
