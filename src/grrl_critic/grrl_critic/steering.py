@@ -62,7 +62,8 @@ WARMUP_TARGETS = ("mc", "td")
 NOISE_INITS = ("zero", "checkpoint")
 
 __all__ = ["SteeringConfig", "SteeringLearner", "DivergedError", "default_beta", "noise_penalty",
-           "noise_actor_loss", "noise_statistics", "mixed_noise", "noise_critic_loss"]
+           "noise_actor_loss", "trusted_value", "noise_statistics", "mixed_noise",
+           "noise_critic_loss"]
 
 
 @dataclass
@@ -117,6 +118,14 @@ class SteeringConfig:
     noise_structure: str | None = None
     """what the predictor steers (ModelConfig.noise_structure: 'full' k·D values, 'constant'
     one D-vector over the chunk); None = the checkpoint's"""
+    actor_trust: float | None = None
+    """eq. (3) kept to where the critics agree: where Q_φ'(s, π_θ'(s)) exceeds Q_φ of the chunk
+    that ε decodes to (the distillation target) by more than this margin, the excess counts
+    against the actor twice, so π_θ' is pushed back down Q_φ' there instead of further up
+    (a hard stop alone overshoots: the predictor is shared across states and Adam carries
+    momentum). None = off (the paper's eq. (3)). Online, the actor climbed an overestimate of
+    Q_φ' that Q_φ did not share (Q_φ at the steered chunks fell while Q_φ' stayed high:
+    docs/results/ladder)"""
 
     def __post_init__(self) -> None:
         if self.c < 0:
@@ -143,6 +152,8 @@ class SteeringConfig:
         if self.warmup_target not in WARMUP_TARGETS:
             raise ValueError(f"warmup_target must be one of {WARMUP_TARGETS}, "
                              f"got {self.warmup_target!r}")
+        if self.actor_trust is not None and not self.actor_trust >= 0.0:
+            raise ValueError(f"actor_trust must be >= 0 or None, got {self.actor_trust}")
         if self.distill_critics not in DISTILL_CRITICS:
             raise ValueError(f"distill_critics must be one of {DISTILL_CRITICS}, "
                              f"got {self.distill_critics!r}")
@@ -176,6 +187,13 @@ def noise_actor_loss(noise_q_mean: torch.Tensor, eps: torch.Tensor, c: float,
 
     noise_q_mean: (B,) means of Q_φ''s categorical distributions at ε = π_θ'(s); eps (B, k, D)."""
     return (-noise_q_mean + noise_penalty(eps, c, beta)).mean()
+
+
+def trusted_value(noise_q: torch.Tensor, action_q: torch.Tensor, margin: float) -> torch.Tensor:
+    """What the actor climbs with ``actor_trust``: Q_φ'(s, ε) less twice its excess over
+    Q_φ(s, a(ε)) + margin, (B,) each; ``action_q`` carries no gradient (no backprop through
+    the flow), so beyond the margin the gradient in ε is that of −Q_φ'."""
+    return noise_q - 2.0 * (noise_q - action_q.detach() - margin).clamp_min(0.0)
 
 
 def noise_statistics(eps: torch.Tensor, bound: float = 0.0) -> dict[str, float]:
@@ -337,6 +355,17 @@ class SteeringLearner:
         logits = at_offset(self.model.critic_logits(prefix, b["proprio"], b["actions"]), b["offset"])
         return distributional_td_loss(logits, target), logits
 
+    @torch.no_grad()
+    def action_critic_probs(self, prefix: Prefix, proprio: torch.Tensor,
+                            eps: torch.Tensor) -> torch.Tensor:
+        """What Q_φ says of the chunk ε decodes to: (B, bins) probabilities of the full chunk,
+        the twins combined by ``distill_critics`` (eq. (4)'s target for Q_φ'(s, ε))."""
+        actions = self.steered_actions(prefix, proprio, eps)
+        q_logits = self.model.critic_logits(prefix, proprio, actions)[:, :, -1]     # (n_c, B, bins)
+        if self.cfg.distill_critics == "min":
+            return clipped_double_probs(q_logits, self.atoms)
+        return q_logits.softmax(-1).mean(0)
+
     def distill_objective(self, prefix: Prefix, proprio: torch.Tensor,
                           eps_predicted: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. (4): Q_φ' distilled from Q_φ at mixed noise (gradient to Q_φ' only)."""
@@ -344,12 +373,7 @@ class SteeringLearner:
         with torch.no_grad():
             eps, from_normal = mixed_noise(eps_predicted.detach(), self.cfg.noise_mix,
                                            structure=model.structured_draw)
-            actions = self.steered_actions(prefix, proprio, eps)
-            q_logits = model.critic_logits(prefix, proprio, actions)[:, :, -1]       # (n_c, B, bins)
-            if self.cfg.distill_critics == "min":
-                target_probs = clipped_double_probs(q_logits, self.atoms)
-            else:
-                target_probs = q_logits.softmax(-1).mean(0)
+            target_probs = self.action_critic_probs(prefix, proprio, eps)
         logits = model.noise_critic_logits(prefix, proprio, eps)[:, -1]
         loss = noise_critic_loss(logits, target_probs)
         with torch.no_grad():
@@ -360,7 +384,8 @@ class SteeringLearner:
     def actor_objective(self, prefix: Prefix, proprio: torch.Tensor,
                         grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eq. (3) at ε = π_θ'(s): (loss, ε (B, k, D), Q_φ' means (B,)). The noise critic is
-        frozen while the graph is built, so the loss differentiates into π_θ' alone."""
+        frozen while the graph is built, so the loss differentiates into π_θ' alone. With
+        ``actor_trust`` the actor climbs :func:`trusted_value` instead of Q_φ'."""
         model = self.model
         with torch.set_grad_enabled(grad):
             eps = model.predict_noise(prefix, proprio)
@@ -372,7 +397,13 @@ class SteeringLearner:
             finally:
                 for p in nc:
                     p.requires_grad_(True)
-            loss = noise_actor_loss(q, eps, self.cfg.c, self.beta)
+            climb = q
+            if self.cfg.actor_trust is not None:
+                with torch.no_grad():
+                    q_action = mean_value(self.action_critic_probs(prefix, proprio, eps.detach()),
+                                          self.atoms)
+                climb = trusted_value(q, q_action, self.cfg.actor_trust)
+            loss = noise_actor_loss(climb, eps, self.cfg.c, self.beta)
         return loss, eps, q
 
     @torch.no_grad()
@@ -451,6 +482,14 @@ class SteeringLearner:
                 "noise_q_mean": float(noise_q.detach().mean()),
                 "actor_updated": float(step_actor),
             })
+            if step_actor:
+                # how far Q_φ' at the actor's ε runs ahead of Q_φ at the chunk it decodes to
+                q_action = mean_value(self.action_critic_probs(prefix, b["proprio"], eps.detach()),
+                                      self.atoms)
+                gap = noise_q.detach() - q_action
+                metrics["noise_q_gap"] = float(gap.mean())
+                if cfg.actor_trust is not None:
+                    metrics["actor_trusted_frac"] = float((gap <= cfg.actor_trust).float().mean())
         return metrics
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 from grrl_critic.categorical import support
 from grrl_critic.steering import (DivergedError, SteeringConfig, SteeringLearner, default_beta,
                                   mixed_noise, noise_actor_loss, noise_critic_loss, noise_penalty,
-                                  noise_statistics)
+                                  noise_statistics, trusted_value)
 from grrl_policy.experts import ExpertConfig
 from grrl_policy.model import GRRLModel, ModelConfig
 from grrl_policy.tiny_backbone import TinyBackboneConfig
@@ -113,7 +113,8 @@ def test_mixed_noise_is_half_normal_half_predicted():
 
 def test_config_validation():
     for bad in ({"noise_mix": 1.5}, {"policy_delay": 0}, {"c": -1.0}, {"beta": -1.0},
-                {"distill_critics": "max"}, {"tau": 0.0}, {"flow_steps": -1}):
+                {"distill_critics": "max"}, {"tau": 0.0}, {"flow_steps": -1}, {"actor_trust": -0.1},
+                {"actor_trust": float("nan")}):
         with pytest.raises(ValueError):
             SteeringConfig(**bad)
     cfg = SteeringConfig(beta=2.0, noise_mix=0.3)
@@ -330,6 +331,38 @@ def test_the_bound_keeps_every_dimension_of_eps_where_the_flow_was_trained():
     _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0, steps=300, noise_bound=0.0)
     assert free.abs().max() > 3.0
     assert "eps_saturated_frac" not in noise_statistics(free, 0.0)
+
+
+def test_actor_trust_stops_the_climb_where_the_noise_critic_runs_ahead_of_the_action_critic():
+    """Q_φ' = 0.5 + 0.2·mean(ε) (hand-made, as above) keeps rising with ε, while Q_φ of every
+    decoded chunk says 0.5: with ``actor_trust`` 0.05 the actor settles where Q_φ' ≈ 0.55
+    (mean ε ≈ 0.25); without it (and without penalty or bound) ε runs to the far end."""
+    n_bins = small_model().cfg.value_bins
+
+    def flat_action_critic(self, prefix, proprio, eps):       # categorical mean 0.5 everywhere
+        probs = torch.zeros(eps.shape[0], n_bins)
+        probs[:, 0] = probs[:, -1] = 0.5
+        return probs
+
+    original = SteeringLearner.action_critic_probs
+    SteeringLearner.action_critic_probs = flat_action_critic
+    try:
+        _, _, eps, q, _ = steer_with_handmade_noise_critic(c=0.0, beta=None, noise_bound=0.0,
+                                                           actor_trust=0.05)
+        _, _, free, _, _ = steer_with_handmade_noise_critic(c=0.0, beta=None, noise_bound=0.0)
+    finally:
+        SteeringLearner.action_critic_probs = original
+    assert 0.1 < eps.mean() < 0.45 and (q - 0.55).abs().max() < 0.06, (eps.mean(), q)
+    assert free.flatten(1).mean(-1).min() > 2.0, free.mean()
+
+
+def test_trusted_value_by_hand():
+    noise_q = torch.tensor([0.3, 0.59, 0.7, 0.9], requires_grad=True)
+    action_q = torch.full((4,), 0.5)
+    v = trusted_value(noise_q, action_q, 0.1)
+    torch.testing.assert_close(v.detach(), torch.tensor([0.3, 0.59, 0.5, 0.3]))
+    v.sum().backward()
+    assert noise_q.grad.tolist() == [1.0, 1.0, -1.0, -1.0]     # beyond the margin: back down
 
 
 def test_noise_statistics_of_the_flows_own_noise():

@@ -299,9 +299,9 @@ def write_curve(log: list[dict], run_dir: Path, window: int) -> Path:
     return out
 
 
-LEARNER_CURVES = ("q_mean", "noise_q_mean", "critic_loss", "noise_critic_loss", "eps_abs_mean",
-                  "eps_dim_mean_abs", "eps_dim_std", "eps_out_frac", "eps_saturated_frac",
-                  "penalty_frac")
+LEARNER_CURVES = ("q_mean", "noise_q_mean", "noise_q_gap", "actor_trusted_frac", "critic_loss",
+                  "noise_critic_loss", "eps_abs_mean", "eps_dim_mean_abs", "eps_dim_std",
+                  "eps_out_frac", "eps_saturated_frac", "penalty_frac")
 """the round metrics kept in the run state and drawn in learner.png"""
 
 
@@ -313,7 +313,8 @@ def write_learner_curves(rounds: list[dict], run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     x = [r["episodes"] for r in rounds]
-    panels = [("critic values", ("q_mean", "noise_q_mean"), ()),
+    panels = [("critic values", ("q_mean", "noise_q_mean", "noise_q_gap", "actor_trusted_frac"),
+               (0.0,)),
               ("losses", ("critic_loss", "noise_critic_loss"), ()),
               ("steered ε vs N(0, I)", ("eps_abs_mean", "eps_dim_std", "eps_dim_mean_abs",
                                         "eps_out_frac", "eps_saturated_frac"), (0.80, 1.0, 0.012))]
