@@ -106,8 +106,11 @@ class ExpertNode(Node):
         if msg is None or self._key(msg) == self.answered:
             return
         if not force and (self.task is None or
-                          stamp_ns(self.task.header.stamp) < stamp_ns(msg.header.stamp)):
-            return                      # the task state of this instant is on its way
+                          stamp_ns(self.task.header.stamp) != stamp_ns(msg.header.stamp)):
+            # the task state of this instant is on its way; one of a newer stamp is the
+            # previous scene's (stamps restart at a reset): answering with it said "idle" to a
+            # held start, once, and the scene waited 30 s for an answer that never came
+            return
         self.answered = self._key(msg)
         st = self.task
         acting = self.active_seed is not None and st is not None and st.seed == self.active_seed

@@ -11,8 +11,11 @@ machine. The real-time factor is then the fastest the simulation may go.
 Two waits are bounded, so that a dead or missing controller cannot stop the simulator: an
 observation unanswered for ``step_timeout`` wall seconds, and a scene held at t = 0 (a reset
 that starts an episode) that no controller acts on within ``start_timeout``. Without any
-lock-step controller on the graph the simulator runs free, except at a held start (requested
-only for a controller known to answer). ROS-free: the driver node feeds it.
+lock-step controller the simulator runs free, except at a held start (requested only for a
+controller known to answer). A controller counts from its first answer even before the graph
+shows its publisher: under load the driver discovered the expert seconds after the expert had
+started the scene, and the scene ran free meanwhile (a CI run: stages 0.04 s apart from the
+idle run). ROS-free: the driver node feeds it.
 """
 from __future__ import annotations
 
@@ -44,6 +47,10 @@ class StepGate:
     handled: int = 0
     """commands that reached the driver since the observation was published"""
     since: float = 0.0
+    known: set[str] = field(default_factory=set)
+    """controllers that have answered, waited on whatever the graph shows so far"""
+    peak: int = 0
+    """the most lock-step controllers the graph has shown since ``known`` last changed"""
 
     def observed(self, stamp_ns: int, start: bool = False) -> None:
         """A new observation is being published: wait on it from now."""
@@ -56,6 +63,9 @@ class StepGate:
         """A controller's answer; answers to other observations are late ones and ignored; a
         controller's later answer replaces its earlier one (idle, then acting once its
         episode starts)."""
+        if controller not in self.known:
+            self.known.add(controller)
+            self.peak = 0
         if self.awaited is not None and int(stamp_ns) == self.awaited:
             self.answers[controller] = Answer(bool(acting), int(commands))
 
@@ -66,6 +76,7 @@ class StepGate:
     def ready(self, controllers: int) -> tuple[bool, str]:
         """(may the simulation advance, why it does so without its answers ('' when it has
         them)) for ``controllers`` lock-step controllers on the graph."""
+        controllers = self._expected(controllers)
         if self.awaited is None or (controllers <= 0 and not self.start):
             return True, ""
         # a scene held at its start waits for a controller to act even before this driver has
@@ -87,8 +98,19 @@ class StepGate:
         elif len(self.answers) < controllers:
             why = (f"{len(self.answers)} of {controllers} controllers answered the "
                    f"observation of t = {t:.2f} s within {limit:.1f} s; advancing without them")
+            self.known &= set(self.answers)    # the silent ones wait on the graph again
         else:
             why = (f"{self.handled} of the {announced} commands announced for t = {t:.2f} s "
                    f"arrived within {limit:.1f} s; advancing without them")
         self.awaited = None           # one warning per observation
         return True, why
+
+    def _expected(self, on_graph: int) -> int:
+        """How many controllers to wait for: the graph's count, or the controllers that have
+        answered while the graph has not shown them all yet (discovery lags); once it has, a
+        lower count means one left, and the graph is trusted again."""
+        self.peak = max(self.peak, on_graph)
+        if on_graph < len(self.known) and self.peak >= len(self.known):
+            self.known.clear()
+            self.peak = on_graph
+        return max(on_graph, len(self.known))

@@ -252,8 +252,10 @@ class PolicyNode(Node):
             if j.time is None or self.busy or self._key(j) == self.answered or \
                     (scene_start and j.ns != SCENE_START):
                 return
-            if self.state_obs and self.task.ns < j.ns and not force:
-                return                 # the task state of this instant is on its way
+            if self.state_obs and self.task.ns != j.ns and not force:
+                # the task state of this instant is on its way (one of a newer stamp is the
+                # previous scene's: stamps restart at a reset)
+                return
             self.answered = self._key(j)
             acting = self.episode is not None
             # a scene's first observation (t = 0) comes with its reset, before the episode's

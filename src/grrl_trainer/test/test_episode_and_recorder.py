@@ -20,11 +20,13 @@ def test_monitor_stages_success_and_limits():
     assert m.update(101.0, 2, False, False) == [1, 2]
     assert m.update(102.0, 4, True, False) == [3, 4]
     assert m.success and m.reward == 1.0 and m.reached == [1, 2, 3, 4]
+    assert m.end_time == 102.0
     assert m.update(103.0, 4, True, False) == []          # ended: no more updates
     t = EpisodeMonitor("ep", time_limit=1.0)
     t.update(5.0, 1, False, False)
     t.update(6.5, 1, False, False)
     assert t.status == "timeout" and "stage 'picked'" in t.message and t.reward == 0.0
+    assert t.end_time == 6.0          # when the limit passed, not the later state that told
     j = EpisodeMonitor("ep", 10.0)
     j.update(0.0, 1, False, True, "lace over-stretched (1.6x)")
     assert j.status == "failure"

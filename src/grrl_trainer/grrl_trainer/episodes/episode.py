@@ -39,6 +39,9 @@ class EpisodeMonitor:
     status: str | None = None
     message: str = ""
     elapsed: float = 0.0
+    end_time: float | None = None
+    """when it ended, on the clock of ``update`` (a timeout: the instant the limit passed, not
+    the later state it was noticed in, so that a busy machine stamps the same end)"""
 
     @property
     def done(self) -> bool:
@@ -67,14 +70,15 @@ class EpisodeMonitor:
             self.stage = stage
         if failed:
             invalid = reason.startswith("physics fault")
-            self.finish(INVALID if invalid else FAILURE, reason)
+            self.finish(INVALID if invalid else FAILURE, reason, now)
         elif self.elapsed > self.time_limit:   # a success after the limit is not one
             self.finish(TIMEOUT, f"time limit of {self.time_limit:.0f} s reached at stage "
-                                 f"'{STAGE_NAMES[self.stage]}'")
+                                 f"'{STAGE_NAMES[self.stage]}'", self.start_time + self.time_limit)
         elif success:
-            self.finish(SUCCESS, "task complete")
+            self.finish(SUCCESS, "task complete", now)
         return new
 
-    def finish(self, status: str, message: str) -> None:
+    def finish(self, status: str, message: str, at: float | None = None) -> None:
+        """End it (``at``: when, if known on the clock of :meth:`update`)."""
         if not self.done:
-            self.status, self.message = status, message
+            self.status, self.message, self.end_time = status, message, at

@@ -71,6 +71,12 @@ def stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+def to_time_msg(seconds: float) -> TimeMsg:
+    """The inverse of :func:`stamp_s` (to the nanosecond)."""
+    ns = round(seconds * 1e9)
+    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
 def _import_type(name: str):
     pkg, _, cls = name.split("/")
     module = __import__(f"{pkg}.msg", fromlist=[cls])
@@ -539,10 +545,14 @@ class EpisodeNode(Node):
         self.current = None
         counts = {}
         rec = self.recorder
+        # in simulated time the end is when the episode ended, not the newer state this loop
+        # noticed it in (under load the scene runs on meanwhile)
+        end = to_time_msg(mon.end_time) if self.source == "sim" and \
+            mon.end_time is not None else None
         if rec is not None:
             events_topic = self.resolve_topic_name("grrl/episode")
             before = rec.counts[events_topic]
-            self._event(mon, event, goal, goal.seed, instruction, record_path)
+            self._event(mon, event, goal, goal.seed, instruction, record_path, stamp=end)
             # let the final event reach the record before closing it
             deadline = time.monotonic() + 1.0
             while rec.counts[events_topic] == before and time.monotonic() < deadline:
@@ -551,7 +561,7 @@ class EpisodeNode(Node):
             counts = rec.close()
             self._plot_progress(mon, Path(record_path), instruction)
         else:
-            self._event(mon, event, goal, goal.seed, instruction, record_path)
+            self._event(mon, event, goal, goal.seed, instruction, record_path, stamp=end)
         result.success = mon.success
         result.stages_reached = mon.stage
         result.stage_names_reached = [STAGE_NAMES[s] for s in mon.reached]
