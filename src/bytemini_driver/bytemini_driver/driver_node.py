@@ -44,7 +44,7 @@ from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from grrl_tools.image_codec import encode_raw
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, stamp_ns
+from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, TASK_STATE_QOS, stamp_ns
 from grrl_tools.node_main import run_node
 from bytemini_driver.lockstep import StepGate
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
@@ -171,7 +171,8 @@ class DriverNode(LifecycleNode):
         self.pub_info = {c: self.create_lifecycle_publisher(
             CameraInfo, f"bytemini/camera/{c}/camera_info", qos_profile_sensor_data)
             for c in desc.CAMERAS}
-        self.pub_task = self.create_lifecycle_publisher(TaskState, "bytemini/sim/task_state", 10)
+        self.pub_task = self.create_lifecycle_publisher(TaskState, "bytemini/sim/task_state",
+                                                          TASK_STATE_QOS)
         self.pub_clock = self.create_lifecycle_publisher(Clock, "/clock", 10) \
             if self.driver.simulated else None
         self.gate = StepGate(float(p["lockstep_timeout"]), float(p["start_timeout"])) \

@@ -16,6 +16,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 STEP_ACK_TOPIC = "bytemini/sim/step_ack"
 """grrl_interfaces/StepAck, relative (one per robot namespace)"""
 STEP_ACK_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+TASK_STATE_QOS = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
+"""``bytemini/sim/task_state`` between the simulator and the episode node, which is no lock-step
+party (the simulator does not wait for it) and takes a stage's time from the first state that
+reports it: none may be dropped while it is busy (500: 3 s at 50 Hz and real-time factor 3;
+with 10, a loaded CI machine lost the first 'picked' state and stamped the stage 0.06 s late)"""
 SCENE_START = 0
 """the stamp (ns) of a simulated scene's first observation, published with its reset (the
 scene's clock starts at 0). It comes before an episode's record opens, so a controller answers

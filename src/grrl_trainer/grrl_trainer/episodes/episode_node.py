@@ -29,7 +29,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import STEP_ACK_TOPIC
+from grrl_tools.lockstep import STEP_ACK_TOPIC, TASK_STATE_QOS
 from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskProgress, TaskState
@@ -148,8 +148,8 @@ class EpisodeNode(Node):
         self.task_wall = 0.0
         self.held_start = False
         self.task_lock = threading.Lock()
-        self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task, 10,
-                                 callback_group=group)
+        self.create_subscription(TaskState, "bytemini/sim/task_state", self.on_task,
+                                 TASK_STATE_QOS, callback_group=group)
         self.progress: list[tuple[float, float]] = []
         """(stamp, rho) of the running episode from grrl/progress (a progress node)"""
         self.progress_lock = threading.Lock()
