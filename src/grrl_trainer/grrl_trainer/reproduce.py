@@ -10,7 +10,8 @@
    runs train side by side, ``parallel`` at a time);
 4. online steering RL of the filtered + mirrored policy (section 3.3): critic warm-up rollouts,
    then rounds of steered episodes and updates;
-5. evaluation of every rung on the same held-out seeds (Wilson 95% intervals, stage funnel);
+5. evaluation of every rung on the same held-out seeds (Wilson 95% intervals, stage funnel),
+   the offline rungs once per ``offline_noise`` σ (ε = 0 and ε ~ N(0, I) by default);
 6. the results table, the ladder (Fig. 5 left), the online curve (Fig. 5 right) and the stage
    funnel (Fig. 6) in ``OUT/results`` (and ``--publish``); ``--ship`` copies the policy of the
    best measured rung (the later one on a tie: normally the online-RL policy).
@@ -41,8 +42,11 @@ from grrl_tools.config_cli import add_arguments, from_args
 
 LOG = logging.getLogger("grrl-reproduce")
 RUNGS = ("BC all", "BC filtered", "BC filtered + mirror", "+ online RL")
-RUNTIME = ("device", "workers", "parallel")
-"""settings a resumed reproduction may change (where it runs, not what it computes)"""
+RUNTIME = ("device", "workers", "parallel", "offline_noise")
+"""settings a resumed reproduction may change: where it runs, and which further evaluations of
+the offline rungs it makes (each evaluation is reused only with its own settings)"""
+LEGACY = {"warmup_noise": 1.0, "explore_std": 0.3}
+"""what a reproduction saved before these settings existed did"""
 
 
 @dataclass
@@ -115,6 +119,16 @@ class ReproduceConfig:
     """critic warm-up rollouts of the offline policy before steering"""
     warmup_updates: int = 300
     """critic updates on the warm-up rollouts"""
+    warmup_noise: float = 1.0
+    """σ of the warm-up rollouts' initial noise ε ~ N(0, σ²I) (RolloutConfig.unsteered_noise)"""
+    explore_std: float = 0.3
+    """exploration around the steered ε in online episodes (RolloutConfig.explore_std)"""
+    offline_noise: tuple[float, ...] = (0.0, 1.0)
+    """σ of the initial noise ε ~ N(0, σ²I) the offline rungs act with in their evaluations, a
+    ladder per σ (the steered online rung closes each). The first is the headline (``rungs``,
+    ladder.png, the shipped best rung): 0 = the flow's central chunk, where the online stage
+    starts and where the offline policies do best (BC filtered + mirror: 82 vs 56/100 at σ = 1);
+    1 = the flow's training noise, the paper's sampling"""
     workers: int = 2
     """simulation worker processes (collection, rollouts, evaluation)"""
     time_limit: float = 40.0
@@ -159,12 +173,24 @@ def _bc_job(args: tuple[str, str, Any]) -> str:
     return str(train_bc(data, run_dir, cfg, progress=False))
 
 
-def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress: bool) -> dict:
+def ladder_name(sigma: float) -> str:
+    """The key of the ladder whose offline rungs act with ε ~ N(0, σ²I): 'sigma=0', 'sigma=1'."""
+    return f"sigma={sigma:g}"
+
+
+def eval_dir(variant: str, sigma: float) -> str:
+    """The evaluation directory of an offline rung at σ (σ = 1 keeps the name it always had)."""
+    return f"eval_{variant}" if sigma == 1.0 else f"eval_{variant}_sigma{sigma:g}"
+
+
+def _evaluate(ckpt: str, edir: Path, cfg: ReproduceConfig, steer: bool, progress: bool,
+              noise_scale: float = 1.0) -> dict:
     from grrl_policy.controller import ControllerConfig
     from grrl_trainer.evaluation.evaluate import EvalConfig, evaluate_or_reuse
     ecfg = EvalConfig(episodes=cfg.eval_episodes, first_seed=cfg.eval_first_seed,
                       workers=cfg.workers, time_limit=cfg.eval_time_limit,
-                      controller=ControllerConfig(steer=steer), out_dir=str(edir))
+                      controller=ControllerConfig(steer=steer, noise_scale=noise_scale),
+                      out_dir=str(edir))
     return evaluate_or_reuse(ckpt, ecfg, progress)
 
 
@@ -208,6 +234,9 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     from grrl_trainer.offline.run_utils import config_diff
     from grrl_trainer.online.trainer import OnlineConfig, RolloutConfig, run_online
 
+    if not cfg.offline_noise or len(set(cfg.offline_noise)) < len(cfg.offline_noise) or \
+            not all(0.0 <= s < float("inf") for s in cfg.offline_noise):
+        raise ValueError(f"offline_noise needs distinct finite σ >= 0, got {cfg.offline_noise}")
     if not cfg.mirror_steps_factor > 0:
         raise ValueError(f"mirror_steps_factor must be > 0, got {cfg.mirror_steps_factor}")
     if cfg.observation not in ("state", "images"):
@@ -216,8 +245,8 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "reproduce_config.json"
     # through JSON, so that a tuple field compares equal to the list it was saved as
-    diff = config_diff(json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg))), RUNTIME) \
-        if saved.exists() else []
+    diff = config_diff({**LEGACY, **json.loads(saved.read_text())},
+                       json.loads(json.dumps(dataclasses.asdict(cfg))), RUNTIME) if saved.exists() else []
     if diff:
         raise ValueError(f"{out} holds a reproduction with another configuration "
                          f"({'; '.join(diff)}; see {saved}): use another --out or the same "
@@ -291,23 +320,34 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         episodes_per_round=cfg.episodes_per_round, updates_per_round=cfg.updates_per_round,
         warmup_episodes=cfg.warmup_episodes, warmup_updates=cfg.warmup_updates, seed=cfg.seed,
         device=cfg.device), RolloutConfig(episodes=cfg.online_episodes, workers=cfg.workers,
-                                          time_limit=cfg.time_limit), progress=progress)
+                                          time_limit=cfg.time_limit, explore_std=cfg.explore_std,
+                                          unsteered_noise=cfg.warmup_noise), progress=progress)
     spent("online", t)
 
     # 5. every rung on the same held-out seeds
     t = stage("evaluation")
-    reports = {}
-    for name, variant in zip(RUNGS[:3], VARIANTS):
-        reports[name] = _evaluate(policies[variant], out / f"eval_{variant}", cfg, False, progress)
-    reports[RUNGS[3]] = _evaluate(online["final_checkpoint"], out / "eval_online", cfg, True, progress)
+    online_report = _evaluate(online["final_checkpoint"], out / "eval_online", cfg, True, progress)
+    ladders: dict[str, dict[str, dict]] = {}
+    for sigma in cfg.offline_noise:
+        ladder = ladders[ladder_name(sigma)] = {}
+        for name, variant in zip(RUNGS[:3], VARIANTS):
+            ladder[name] = _evaluate(policies[variant], out / eval_dir(variant, sigma), cfg,
+                                     False, progress, sigma)
+        ladder[RUNGS[3]] = online_report
+    reports = ladders[ladder_name(cfg.offline_noise[0])]
     spent("evaluation", t)
 
     # 6. results
     res = out / "results"
     res.mkdir(exist_ok=True)
-    table = rung_table(reports)
-    plot_ladder(reports, res / "ladder.png",
-                f"{cfg.eval_episodes} held-out seeds from {cfg.eval_first_seed}; 95% Wilson intervals")
+    tables = {}
+    for i, (sigma, (lname, ladder)) in enumerate(zip(cfg.offline_noise, ladders.items())):
+        tables[lname] = rung_table(ladder)
+        plot_ladder(ladder, res / ("ladder.png" if i == 0 else f"ladder_sigma{sigma:g}.png"),
+                    f"offline rungs at {lname}; {cfg.eval_episodes} held-out seeds from "
+                    f"{cfg.eval_first_seed}; 95% Wilson intervals")
+    table = "\n\n".join(f"offline rungs acting with ε ~ N(0, σ²I), {n}:\n\n{t}"
+                         for n, t in tables.items())
     plot_funnel(reports, res / "funnel.png")
     shutil.copy(out / "online" / "online.png", res / "online_curve.png")
     shutil.copy(out / "online" / "online.csv", res / "online.csv")
@@ -319,9 +359,9 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
         "online": {"episodes": online["episodes"], "version": online["version"],
                    "warmup_success": online.get("warmup_success"),
                    "success_during_training": sum(e["success"] for e in online["log"]) / max(1, len(online["log"]))},
-        "rungs": {k: {key: v[key] for key in ("success_rate", "success_ci95", "successes",
-                                               "episodes", "funnel", "failure_reasons")}
-                  for k, v in reports.items()},
+        "rungs": {k: _summary(v) for k, v in reports.items()},
+        "headline": ladder_name(cfg.offline_noise[0]),
+        "ladders": {n: {k: _summary(v) for k, v in ladder.items()} for n, ladder in ladders.items()},
         "checkpoints": {**{RUNGS[i]: str(Path(policies[v]).relative_to(out))
                            for i, v in enumerate(VARIANTS)},
                         RUNGS[3]: str(Path(online["final_checkpoint"]).relative_to(out))},
@@ -330,9 +370,16 @@ def reproduce(out: str | Path, cfg: ReproduceConfig, data: str | Path | None = N
     # the policy worth running: the best measured rung (the later one on a tie)
     best = max(reversed(RUNGS), key=lambda n: reports[n]["success_rate"])
     results["best_rung"] = best
+    # how to act it: steered (the online rung), or the offline rung's headline σ
+    results["best_noise_scale"] = None if best == RUNGS[3] else cfg.offline_noise[0]
     (res / "results.json").write_text(json.dumps(_portable(results, out, data), indent=1))
     (res / "results.md").write_text(table + "\n")
     return results
+
+
+def _summary(report: dict) -> dict:
+    return {key: report[key] for key in ("success_rate", "success_ci95", "successes", "episodes",
+                                         "funnel", "failure_reasons")}
 
 
 def _portable(obj: Any, out: Path, data: Path) -> Any:
@@ -403,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship:
         best = results["best_rung"]
         final = Path(args.out).resolve() / results["checkpoints"][best]
-        print(f"shipped {ship(final, args.ship)} ({best}, the best measured rung)")
+        how = "steer:=true" if results["best_noise_scale"] is None \
+            else f"noise_scale:={results['best_noise_scale']:g}"
+        print(f"shipped {ship(final, args.ship)} ({best}, the best measured rung; act it with "
+              f"{how})")
     print(f"reproduction done in {results['total_s'] / 3600:.2f} h")
     print(results["table"])
     print(f"results: {res}" + (f" (published to {args.publish})" if args.publish else ""))

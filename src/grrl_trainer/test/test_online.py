@@ -169,3 +169,33 @@ def test_held_exploration_keeps_each_draw_for_explore_hold_decisions(policy, tmp
         assert 0.1 < noise.std() < 0.5                      # explore_std 0.3 around zero
     finally:
         torch.set_num_threads(threads)
+
+
+def test_unsteered_episodes_draw_their_noise_at_unsteered_noise(policy, tmp_path):
+    """The warm-up rollouts (and the control run's episodes) act with ε ~ N(0, σ²I),
+    σ = ``unsteered_noise``: 0.3 is the steered episodes' exploration around ε = 0."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = OnlineConfig(episodes_per_round=1, updates_per_round=1, warmup_episodes=1,
+                           warmup_updates=1, batch_size=8)
+        run = tmp_path / "near_zero"
+        run_online(policy, run, cfg, RolloutConfig(episodes=1, workers=1, time_limit=1.0,
+                                                   steer=False, unsteered_noise=0.3),
+                   progress=False)
+        with ReplayBuffers(run / "replay") as b:
+            eps = {i: b.episode(i) for i in b.ids()}
+        assert set(eps) == {"warm-v1-s30000", "online-v2-s20000"}
+        for ep in eps.values():
+            assert not ep.steered.any() and len(ep) >= 7
+            assert 0.25 < ep.noise.std() < 0.35
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("bad", [dict(unsteered_noise=-0.1), dict(explore_std=float("nan")),
+                                 dict(unsteered_noise=float("inf")), dict(workers=0),
+                                 dict(explore_hold=0), dict(time_limit=0.0)])
+def test_rollout_config_refuses_impossible_settings(bad):
+    with pytest.raises(ValueError):
+        RolloutConfig(**bad)

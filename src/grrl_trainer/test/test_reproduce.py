@@ -10,7 +10,13 @@ from grrl_policy.checkpoint import load_checkpoint
 from grrl_trainer.evaluation.evaluate import EvalConfig
 from grrl_trainer.reproduce import RUNGS, SIZES, ReproduceConfig, main
 
-EVAL_DIRS = dict(zip(RUNGS, ("eval_all", "eval_filtered", "eval_filtered_mirror", "eval_online")))
+OFFLINE = ("all", "filtered", "filtered_mirror")
+
+
+def eval_dirs(sigma: float) -> dict[str, str]:
+    """Where each rung of the ladder at σ was evaluated (σ = 1: the names they always had)."""
+    tail = "" if sigma == 1 else f"_sigma{sigma:g}"
+    return {**{r: f"eval_{v}{tail}" for r, v in zip(RUNGS, OFFLINE)}, RUNGS[3]: "eval_online"}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -32,9 +38,20 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     assert {k: results["config"][k] for k in smoke} == smoke
     seeds = list(range(results["config"]["eval_first_seed"],
                        results["config"]["eval_first_seed"] + smoke["eval_episodes"]))
-    for name, rung in results["rungs"].items():
+    # a ladder per σ of the offline rungs' noise, ε = 0 first (the headline), then N(0, I)
+    sigmas = results["config"]["offline_noise"]
+    assert sigmas == [0.0, 1.0] and results["headline"] == "sigma=0"
+    assert list(results["ladders"]) == ["sigma=0", "sigma=1"]
+    assert results["ladders"]["sigma=0"] == results["rungs"]
+    rungs = [(sigma, name, rung) for sigma, ladder in zip(sigmas, results["ladders"].values())
+             for name, rung in ladder.items()]
+    for sigma, name, rung in rungs:
         # every number of the rung, recomputed from the episodes of its evaluation report
-        episodes = json.loads((out / EVAL_DIRS[name] / "eval.json").read_text())["results"]
+        report = json.loads((out / eval_dirs(sigma)[name] / "eval.json").read_text())
+        control = report["config"]["controller"]
+        assert (control["steer"], control["noise_scale"]) == \
+            ((True, 1.0) if name == RUNGS[3] else (False, sigma))
+        episodes = report["results"]
         assert [e["seed"] for e in episodes] == seeds          # the same held-out seeds
         k, n = sum(bool(e["success"]) for e in episodes), len(episodes)
         assert rung["episodes"] == n == smoke["eval_episodes"] and rung["successes"] == k
@@ -47,7 +64,8 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
         funnel = list(rung["funnel"].values())
         assert funnel == sorted(funnel, reverse=True)           # monotone non-increasing
         assert sum(rung["failure_reasons"].values()) == n - k
-    for name in ("ladder.png", "funnel.png", "online_curve.png", "online.csv", "results.md"):
+    for name in ("ladder.png", "ladder_sigma1.png", "funnel.png", "online_curve.png",
+                 "online.csv", "results.md"):
         assert (out / "results" / name).stat().st_size > 0
         assert (pub / name).exists()
     assert results["online"]["episodes"] == 2
@@ -71,10 +89,12 @@ def test_smoke_reproduction_runs_every_stage_and_resumes(tmp_path, capsys):
     best = results["best_rung"]
     rates = {n: r["success_rate"] for n, r in results["rungs"].items()}
     assert best == [n for n in RUNGS if rates[n] == max(rates.values())][-1]   # the later on a tie
+    assert results["best_noise_scale"] == (None if best == RUNGS[3] else 0.0)
     src = out / results["checkpoints"][best]
     assert meta.sha256 == load_checkpoint(str(src))[1].sha256
     table = capsys.readouterr().out
-    assert "+ online RL" in table
+    assert "+ online RL" in table and "sigma=0" in table and "sigma=1" in table
+    assert ("steer:=true" if best == RUNGS[3] else "noise_scale:=0") in table
     # the same command again: nothing is retrained or re-evaluated
     before = {p: p.stat().st_mtime for p in out.rglob("*.safetensors")}
     assert main(args) == 0

@@ -97,7 +97,14 @@ class RolloutConfig:
     """decisions each exploration draw is kept for (ControllerConfig.explore_hold)"""
     steer: bool = True
     """act with the noise predictor; False is the control run: the same episodes, buffers and
-    updates (critics and predictor still learn), the policy acting with ε ~ N(0, I)"""
+    updates (critics and predictor still learn), the policy acting with ε ~ N(0, σ²I),
+    σ = ``unsteered_noise``"""
+    unsteered_noise: float = 1.0
+    """σ of the initial noise ε ~ N(0, σ²I) of episodes acted without the predictor (the
+    warm-up rollouts of the offline policy, the ``steer=False`` control): 1 = the flow's
+    training noise; ``explore_std`` = the steered episodes' exploration around ε = 0, where an
+    offline checkpoint's zeroed predictor starts (the flow's central chunk, which the offline
+    policy does best at: docs/results/ladder)"""
     first_seed: int = 20_000
     """training scenes: 20000.. (demonstrations use 0..9999, evaluations 10000..)"""
     warmup_first_seed: int = 30_000
@@ -107,13 +114,23 @@ class RolloutConfig:
     time_limit: float = 60.0
     """simulated seconds per episode"""
 
+    def __post_init__(self) -> None:
+        for name in ("explore_std", "unsteered_noise"):
+            v = getattr(self, name)
+            if not 0.0 <= v < float("inf"):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if self.episodes < 0 or self.workers < 1 or self.explore_hold < 1 or not self.time_limit > 0:
+            raise ValueError(f"episodes >= 0, workers >= 1, explore_hold >= 1 and time_limit > 0 "
+                             f"are needed, got {self.episodes}, {self.workers}, "
+                             f"{self.explore_hold}, {self.time_limit}")
+
 
 def _episodes(policy: str, seeds: list[int], rollout: RolloutConfig, seed: int, steer: bool,
               out: Path, progress: bool) -> list:
     ecfg = EvalConfig(episodes=len(seeds), workers=rollout.workers, time_limit=rollout.time_limit,
                       controller=ControllerConfig(
                           steer=steer, explore_std=rollout.explore_std if steer else 0.0,
-                          explore_hold=rollout.explore_hold,
+                          explore_hold=rollout.explore_hold, noise_scale=rollout.unsteered_noise,
                           noise_seed=seed),
                       record_decisions=True, out_dir=str(out))
     return rollouts(policy, seeds, ecfg, progress=progress)
