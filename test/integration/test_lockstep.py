@@ -41,7 +41,8 @@ def test_driver_waits_for_the_controllers_answer(start_node, ros_node):
     import time
 
     from grrl_interfaces.msg import StepAck
-    from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, stamp_ns
+    from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC
+    from grrl_tools.stamps import stamp_ns
     from sensor_msgs.msg import JointState
 
     states = ros_node.collect(JointState, "bytemini/joint_states")

@@ -44,7 +44,8 @@ from bytemini_driver.cartesian import CartesianServo, PoseError
 from bytemini_driver.driver import DriverFault, RobotDriver, load_backend
 from grrl_tools.image_codec import encode_raw
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, TASK_STATE_QOS, stamp_ns
+from grrl_tools.lockstep import STEP_ACK_QOS, STEP_ACK_TOPIC, TASK_STATE_QOS
+from grrl_tools.stamps import stamp_ns, time_msg
 from grrl_tools.node_main import run_node
 from bytemini_driver.lockstep import StepGate
 from bytemini_driver.trajectory import TrajectoryError, TrajectoryFollower, Waypoint, validate
@@ -52,11 +53,6 @@ from grrl_interfaces.msg import StepAck, TaskState
 from grrl_interfaces.srv import ResetScene
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def to_time(t: float) -> Time:
-    sec = int(math.floor(t))
-    return Time(sec=sec, nanosec=int((t - sec) * 1e9))
 
 
 def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
@@ -523,7 +519,7 @@ class DriverNode(LifecycleNode):
         """Publish the observation of now: clock, camera frames when due, tcp poses, task
         state, and the joint state last (the controllers' trigger); lock-step then waits on
         it (``start``: until a controller acts on the scene)."""
-        stamp = to_time(self.now_s())
+        stamp = time_msg(self.now_s())
         if self.gate is not None:
             self.gate.observed(stamp_ns(stamp), start)
         if self.pub_clock is not None:
@@ -567,7 +563,7 @@ class DriverNode(LifecycleNode):
             return
         failure = failure or getattr(self, "fault", "")
         msg = task_state_message(st, failure)
-        msg.header.stamp = stamp or to_time(self.now_s())
+        msg.header.stamp = stamp or time_msg(self.now_s())
         msg.header.frame_id = "base_link"
         self.pub_task.publish(msg)
 

@@ -25,7 +25,8 @@ from bytemini_driver.driver_node import COMMAND_QOS
 from bytemini_driver.demonstrator import FlawedDemonstrator
 from bytemini_driver.expert import ScriptedExpert
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import SCENE_START, StepAcker, stamp_ns
+from grrl_tools.lockstep import SCENE_START, StepAcker
+from grrl_tools.stamps import stamp_ns
 from grrl_tools.node_main import announce_ready, run_node
 from grrl_interfaces.msg import EpisodeEvent, TaskState
 from grrl_interfaces.srv import LabelEpisode

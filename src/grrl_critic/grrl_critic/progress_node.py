@@ -36,6 +36,7 @@ from grrl_policy.sim_state_spec import state_from_task_state
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.image_codec import ImageError, decode_raw
 from grrl_tools.node_main import run_node
+from grrl_tools.stamps import stamp_s
 
 from .progress import ProgressEstimator
 
@@ -62,10 +63,6 @@ class ProgressNodeConfig:
     """wall seconds a chunk waits for its inputs before it is dropped"""
     history: int = 200
     """joint and task states kept to match chunks against"""
-
-
-def stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def nearest(entries: deque, t: float, slop: float):

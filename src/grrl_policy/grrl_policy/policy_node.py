@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Duration
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -53,8 +52,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from grrl_interfaces.msg import ActionChunk, CheckpointInfo, EpisodeEvent, TaskState
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.image_codec import ImageError, decode_raw
-from grrl_tools.lockstep import SCENE_START, StepAcker, stamp_ns
+from grrl_tools.lockstep import SCENE_START, StepAcker
 from grrl_tools.node_main import announce_ready, run_node
+from grrl_tools.stamps import duration_msg, stamp_ns, stamp_s
 
 from .checkpoint import CheckpointError
 from .controller import (Command, ControllerConfig, HoldError, Inference, Observation,
@@ -68,15 +68,6 @@ from .task_space import task_names
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      reliability=ReliabilityPolicy.RELIABLE)
-
-
-def stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def duration(t: float) -> Duration:
-    ns = max(int(round(t * 1e9)), 0)
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 @dataclass
@@ -356,7 +347,7 @@ class PolicyNode(Node):
         for i, t in enumerate(command.times):
             point = JointTrajectoryPoint(positions=command.positions[i].tolist(),
                                          velocities=command.velocities[i].tolist(),
-                                         time_from_start=duration(t))
+                                         time_from_start=duration_msg(t))
             if acc is not None:
                 point.accelerations = acc[i].tolist()
             traj.points.append(point)

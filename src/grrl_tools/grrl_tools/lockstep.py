@@ -28,11 +28,6 @@ it (``acting`` when it is in an episode of the scene: a scene held at its start 
 that) and acts from the next observation on."""
 
 
-def stamp_ns(stamp) -> int:
-    """Integer nanoseconds of a ``builtin_interfaces/Time`` (exact, for matching stamps)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 class StepAcker:
     """Publishes a node's answers; :meth:`ack` is thread-safe (an inference thread may call it)."""
 

@@ -31,6 +31,7 @@ from std_msgs.msg import String
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.lockstep import STEP_ACK_TOPIC, TASK_STATE_QOS
 from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
+from grrl_tools.stamps import stamp_s, time_msg
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskProgress, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -65,16 +66,6 @@ RECORD_TOPICS = {
 }
 PROGRESS_PLOT = "progress.png"
 """the plot of the live task progress saved in an episode's record directory"""
-
-
-def stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def to_time_msg(seconds: float) -> TimeMsg:
-    """The inverse of :func:`stamp_s` (to the nanosecond)."""
-    ns = round(seconds * 1e9)
-    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def _import_type(name: str):
@@ -547,7 +538,7 @@ class EpisodeNode(Node):
         rec = self.recorder
         # in simulated time the end is when the episode ended, not the newer state this loop
         # noticed it in (under load the scene runs on meanwhile)
-        end = to_time_msg(mon.end_time) if self.source == "sim" and \
+        end = time_msg(mon.end_time) if self.source == "sim" and \
             mon.end_time is not None else None
         if rec is not None:
             events_topic = self.resolve_topic_name("grrl/episode")
