@@ -33,8 +33,10 @@ def _hog(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
-def run_episodes(seeds: int, rtf: float, controller: str, timeout: float) -> tuple[dict, str, int]:
-    """{seed: {"success", "stages": {name: sim time}, "wall"}}, the launch's output, its exit."""
+def run_episodes(seeds: int, rtf: float, controller: str, timeout: float, first_seed: int = 0,
+                 launch_args: tuple[str, ...] = ()) -> tuple[dict, str, int]:
+    """{seed: {"success", "stages": {name: sim time}, "end": sim time, "message", "wall"}}, the
+    launch's output, its exit. ``launch_args``: more ``name:=value`` arguments."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -55,6 +57,8 @@ def run_episodes(seeds: int, rtf: float, controller: str, timeout: float) -> tup
                 ep["stages"][msg.stage_name] = round(t, 4)
             elif msg.event != EpisodeEvent.EVENT_STARTED:
                 ep["success"] = bool(msg.success)
+                ep["end"] = round(t, 4)
+                ep["message"] = msg.message
                 ep["wall"] = round(time.monotonic() - ep["wall_start"], 2)
 
     node.create_subscription(EpisodeEvent, "grrl/episode", on_event, QoSProfile(
@@ -64,9 +68,9 @@ def run_episodes(seeds: int, rtf: float, controller: str, timeout: float) -> tup
     executor.add_node(node)
     spinning = threading.Thread(target=executor.spin, daemon=True)
     spinning.start()
-    cmd = ["grrl-launch", str(LAUNCH), f"episodes:={seeds}", "seed:=0",
+    cmd = ["grrl-launch", str(LAUNCH), f"episodes:={seeds}", f"seed:={first_seed}",
            f"controller:={controller}", "publish_images:=false", "record:=false",
-           f"real_time_factor:={rtf}", "time_limit:=60"]
+           f"real_time_factor:={rtf}", "time_limit:=60", *launch_args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         out, code = proc.stdout + proc.stderr, proc.returncode

@@ -239,6 +239,11 @@ def test_task_space_state_policy_acts_through_ik_within_limits(processes, ros_no
     assert len(chunks) >= 3, out[-3000:]
     c = chunks[-1]
     assert (c.horizon, c.action_dim) == (16, 20) and list(c.dimension_names) == task_names()
+    # evaluation's schedule: the first chunk from the scene's first observation (t = 0), then one
+    # every step period (0.1 s: execute_steps = 1), though the node sees every 50 Hz joint state
+    t = np.array([ch.header.stamp.sec + 1e-9 * ch.header.stamp.nanosec for ch in chunks])
+    assert t[0] == 0.0, t[:5]
+    np.testing.assert_allclose(np.diff(t), 0.1, atol=1e-6)
     assert {ch.policy_version for ch in chunks} == {1}
     assert len(commands) >= len(chunks) and assert_within_limits(commands) >= 16 * len(chunks)
     q = np.array([s.position for s in states])

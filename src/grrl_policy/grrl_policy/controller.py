@@ -82,6 +82,12 @@ class ControllerConfig:
     noise_scale: float = 1.0
     """temperature of the flow's initial noise (ε·scale; 0: every chunk from ε = 0, the
     deterministic map). Not applied to steered noise, which is the noise predictor's"""
+    replan_slack: float = 0.005
+    """seconds before the last executed chunk step at which an observation already counts as
+    due for the next re-plan (stamp jitter): under half the joint-state period (50 Hz), so the
+    policy re-plans every ``execute_steps`` steps on the first observation at or after it.
+    (With half a step period the node, which checks every joint state, re-planned every
+    0.06 s instead of 0.1 s, and its episodes were not evaluation's)"""
 
     def __post_init__(self) -> None:
         if self.step_period <= 0 or self.execute_steps < 1:
@@ -93,6 +99,8 @@ class ControllerConfig:
             raise ValueError(f"explore_std must be >= 0, got {self.explore_std}")
         if self.explore_hold < 1:
             raise ValueError(f"explore_hold must be >= 1, got {self.explore_hold}")
+        if not 0.0 <= self.replan_slack < 0.5 * self.step_period:
+            raise ValueError(f"replan_slack must be in [0, step_period / 2), got {self.replan_slack}")
 
 
 @dataclass
@@ -257,7 +265,7 @@ class PolicyController:
             plan: Plan = self.executor.plan(inference.joints, obs.t, state)
         except (ChunkExecutorError, ValueError) as e:
             raise HoldError("optimizer", str(e)) from e
-        self.next_plan = plan.execute_until - 0.5 * self.cfg.step_period
+        self.next_plan = plan.execute_until - self.cfg.replan_slack
         self.hold_target = None
         lim = self.limits
         return Command(t_now, np.asarray(plan.times, float) - t_now,

@@ -249,9 +249,12 @@ class PolicyNode(Node):
                 return
             self.answered = self._key(j)
             acting = self.episode is not None
-            # a scene's first observation (t = 0) comes with its reset, before the episode's
-            # record opens: answered, and acted on from the next one (SCENE_START in lockstep)
-            if acting and j.ns != SCENE_START and self.controller.due(j.stamp):
+            # a scene's first observation (t = 0, SCENE_START) comes with its reset, before
+            # the episode begins: answered idle then, and answered again, acting (a held scene
+            # waits for that), once the episode is on: the first chunk is planned at t = 0, as
+            # in evaluation (acting only from the next observation put every decision of the
+            # graph's episodes one control tick after evaluation's)
+            if acting and self.controller.due(j.stamp):
                 self.busy = True
                 snap = self._snapshot(time.monotonic())
             else:

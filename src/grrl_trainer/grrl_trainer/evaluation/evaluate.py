@@ -236,38 +236,38 @@ def _run_episode(controller: PolicyController, seed: int, cfg: EvalConfig, video
     try:
         while not (state.success or state.jammed) and sim.data.time < cfg.time_limit - 1e-9:
             t = float(sim.data.time)
-            if steps % obs_every == 0:
-                if frames is not None:
-                    frames.append(sim.render("head"))
-                if controller.due(t):
-                    # ---- what the policy node does on a due joint state (zero latency)
-                    t0 = time.perf_counter()
-                    try:
-                        obs = sim_observation(sim, mcfg, instruction, eyelet, params.shoe_yaw)
-                        inference, command = controller.act(obs)
-                    except HoldError as e:
-                        reason = f"{e.kind} error: {e}"
-                        break
-                    finally:
-                        infer_s += time.perf_counter() - t0
-                    chunks += 1
-                    if rec is not None:
-                        m = inference.model_obs
-                        rec["obs"].append(m[STATE][0].numpy() if STATE in m else m[IMAGES][0].numpy())
-                        rec["proprio"].append(inference.proprio)
-                        rec["actions"].append(inference.chunk.actions)
-                        rec["noise"].append(inference.chunk.noise)
-                        rec["steered"].append(inference.chunk.steered)
-                        rec["t"].append(t)
-                    points = [Waypoint(float(dt), p, v, a) for dt, p, v, a in zip(
-                        command.times, command.positions, command.velocities, command.accelerations)]
-                    # ---- what the driver does on a JointTrajectory command
-                    try:
-                        traj = validate(names, points, lim, start=target)
-                    except TrajectoryError as e:
-                        reason = f"command rejected: {e}"
-                        break
-                    follower.start(traj, t, target)
+            if frames is not None and steps % obs_every == 0:
+                frames.append(sim.render("head"))
+            # the node checks every joint state (each control tick) for a due re-plan
+            if controller.due(t):
+                # ---- what the policy node does on a due joint state (zero latency)
+                t0 = time.perf_counter()
+                try:
+                    obs = sim_observation(sim, mcfg, instruction, eyelet, params.shoe_yaw)
+                    inference, command = controller.act(obs)
+                except HoldError as e:
+                    reason = f"{e.kind} error: {e}"
+                    break
+                finally:
+                    infer_s += time.perf_counter() - t0
+                chunks += 1
+                if rec is not None:
+                    m = inference.model_obs
+                    rec["obs"].append(m[STATE][0].numpy() if STATE in m else m[IMAGES][0].numpy())
+                    rec["proprio"].append(inference.proprio)
+                    rec["actions"].append(inference.chunk.actions)
+                    rec["noise"].append(inference.chunk.noise)
+                    rec["steered"].append(inference.chunk.steered)
+                    rec["t"].append(t)
+                points = [Waypoint(float(dt), p, v, a) for dt, p, v, a in zip(
+                    command.times, command.positions, command.velocities, command.accelerations)]
+                # ---- what the driver does on a JointTrajectory command
+                try:
+                    traj = validate(names, points, lim, start=target)
+                except TrajectoryError as e:
+                    reason = f"command rejected: {e}"
+                    break
+                follower.start(traj, t, target)
             # ---- the driver's control tick: the set-point of [t, t + dt] is the plan at its end
             target = follower.sample(t + control_dt, target)
             sim.set_joint_targets(target)
