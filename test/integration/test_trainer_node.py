@@ -159,6 +159,14 @@ def test_online_session_through_the_graph(start_node, ros_node, tmp_path):
         steered.setdefault(c.policy_version, set()).add(c.noise_steered)
     assert steered.get(1) == {False} and steered.get(2) == {True}, steered
     said(policy_node, "acting with epsilon ~ N(0, I) (warm-up)")
+    # an episode's first chunk is planned on the scene's first observation (t = 0), as in
+    # evaluation, and its record holds that observation (or the episode would be quarantined);
+    # (the very first episode may start while the node still waits for its first task state)
+    first_chunk: dict[str, int] = {}
+    for c in list(chunks):
+        t = c.header.stamp.sec * 1_000_000_000 + c.header.stamp.nanosec
+        first_chunk[c.episode_id] = min(t, first_chunk.get(c.episode_id, t))
+    assert [first_chunk.get(r.episode_id) for r in first[1:] + second] == [0] * 3, first_chunk
     rows = list(csv.DictReader(open(run / "online.csv")))
     assert [(r["episode_id"], int(r["version"])) for r in rows] == \
         [(r.episode_id, 1) for r in first] + [(r.episode_id, 2) for r in second]

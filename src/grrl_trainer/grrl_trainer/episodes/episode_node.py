@@ -29,9 +29,9 @@ from builtin_interfaces.msg import Time as TimeMsg
 from std_msgs.msg import String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
-from grrl_tools.lockstep import STEP_ACK_TOPIC, TASK_STATE_QOS
+from grrl_tools.lockstep import SCENE_START, STEP_ACK_TOPIC, TASK_STATE_QOS
 from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
-from grrl_tools.stamps import stamp_s, time_msg
+from grrl_tools.stamps import stamp_ns, stamp_s, time_msg
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskProgress, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -64,6 +64,10 @@ RECORD_TOPICS = {
     "grrl/instruction": "std_msgs/msg/String",
     "grrl/progress": "grrl_interfaces/msg/TaskProgress",
 }
+SCENE_START_TOPICS = ("bytemini/joint_states", "bytemini/sim/task_state")
+"""the scene's first observation (stamp SCENE_START) comes with the reset, before the record
+opens; a policy plans its first chunk on it, so it is kept and written first into the record
+(an online episode needs the observation of every decision)"""
 PROGRESS_PLOT = "progress.png"
 """the plot of the live task progress saved in an episode's record directory"""
 
@@ -72,7 +76,6 @@ def _import_type(name: str):
     pkg, _, cls = name.split("/")
     module = __import__(f"{pkg}.msg", fromlist=[cls])
     return getattr(module, cls)
-
 
 
 @dataclass
@@ -123,6 +126,9 @@ class EpisodeNode(Node):
         self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
         self.steps = 0
         self.current: tuple | None = None   # (monitor, goal, instruction) while running
+        # topic -> (serialized message, receive time ns) of the scene's first observation
+        self.scene_start: dict[str, tuple[bytes, int]] = {}
+        self.scene_start_lock = threading.Lock()
         group = ReentrantCallbackGroup()
         # latched history: a controller that starts late still sees the episode's STARTED
         self.pub_event = self.create_publisher(EpisodeEvent, "grrl/episode", EVENTS_QOS)
@@ -303,10 +309,36 @@ class EpisodeNode(Node):
             self.steps += 1
         rec = self.recorder
         if rec is None:
+            if topic in SCENE_START_TOPICS:
+                self._keep_scene_start(topic, data)
             return
         if "image" in topic and not self.cfg.record_images:
             return
         rec.write(self.resolve_topic_name(topic), data, time.time_ns())
+
+    def _keep_scene_start(self, topic: str, data: bytes) -> None:
+        """Between records: keep the newest message of ``topic`` stamped SCENE_START."""
+        from rclpy.serialization import deserialize_message
+        try:
+            msg = deserialize_message(data, _import_type(RECORD_TOPICS[topic]))
+        except Exception:  # noqa: BLE001 - a malformed message is not the scene's start
+            return
+        if stamp_ns(msg.header.stamp) == SCENE_START:
+            with self.scene_start_lock:
+                if self.recorder is not None:       # the record opened meanwhile
+                    self.recorder.write(self.resolve_topic_name(topic), data, time.time_ns())
+                else:
+                    self.scene_start[topic] = (bytes(data), time.time_ns())
+
+    def _open_record(self, path: Path) -> None:
+        """Open the episode's record, the scene's first observation (if it came) first."""
+        topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
+        rec = EpisodeRecorder(path, topics, self.typestore)
+        with self.scene_start_lock:
+            kept, self.scene_start = self.scene_start, {}
+            for topic, (data, t_ns) in kept.items():
+                rec.write(self.resolve_topic_name(topic), data, t_ns)
+            self.recorder = rec      # (under the lock: nothing kept is written twice or lost)
 
     def on_goal(self, goal: RunEpisode.Goal) -> GoalResponse:
         if self.busy.locked():
@@ -443,6 +475,8 @@ class EpisodeNode(Node):
         result = RunEpisode.Result(episode_id=mon.episode_id)
         with self.task_lock:
             prev_scene = self.task.scene_seq if self.task is not None else -1
+        with self.scene_start_lock:
+            self.scene_start = {}     # a previous scene's start is not this one's
         reset = self._reset(goal)
         if isinstance(reset, str):
             self.get_logger().error(reset)
@@ -463,8 +497,7 @@ class EpisodeNode(Node):
             base = self.cfg.record_dir or os.path.join(
                 os.environ.get("ROS_HOME", os.path.expanduser("~/.ros")), "episodes")
             record_path = str(Path(base) / mon.episode_id)
-            topics = {self.resolve_topic_name(t): ty for t, ty in RECORD_TOPICS.items()}
-            self.recorder = EpisodeRecorder(Path(record_path), topics, self.typestore)
+            self._open_record(Path(record_path))
         self.labels = {"stage": 0, "success": False, "failed": False, "reason": ""}
         self.steps = 0
         with self.progress_lock:
