@@ -210,6 +210,15 @@ def test_a_finished_evaluation_is_reused_only_for_the_same_weights_and_settings(
     again = [evaluate_or_reuse(ckpt, dataclasses.replace(cfg, workers=2), progress=False),
              evaluate_or_reuse(str(tmp_path / "link" / "policy"), cfg, progress=False)]
     assert again == [first, first] and calls == []
+    # a report from before a controller setting existed is read with the setting's value that
+    # gives its episodes (REPORT_LEGACY), and reused for that value only
+    report_path = tmp_path / "eval" / "eval.json"
+    old = json.loads(report_path.read_text())
+    del old["config"]["controller"]["replan_slack"]
+    report_path.write_text(json.dumps(old))
+    assert evaluate_or_reuse(ckpt, cfg, progress=False) == old and calls == []
+    slack = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, replan_slack=0.001))
+    assert evaluate_or_reuse(ckpt, slack, progress=False) == {"fresh": True}
     # other seeds, another time limit, another controller: measured again, never reused
     for changed in (dataclasses.replace(cfg, first_seed=9000),
                     dataclasses.replace(cfg, time_limit=0.6),
@@ -221,7 +230,7 @@ def test_a_finished_evaluation_is_reused_only_for_the_same_weights_and_settings(
     assert evaluate_or_reuse(ckpt, cfg, progress=False) == {"fresh": True}
     (tmp_path / "eval" / "eval.json").write_text("{not json")
     assert evaluate_or_reuse(ckpt, cfg, progress=False) == {"fresh": True}
-    assert len(calls) == 5
+    assert len(calls) == 6
 
 
 def test_cli_help():

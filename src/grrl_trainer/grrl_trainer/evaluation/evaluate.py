@@ -504,6 +504,11 @@ def evaluate(checkpoint: str | None, cfg: EvalConfig, preset: str = "tiny",
 REUSE_RUNTIME = ("out_dir", "workers", "threads", "device", "video_episodes", "video_size")
 """EvalConfig fields a reused report may differ in: where and how fast it ran, not what it
 measured (episodes are per-seed deterministic at any worker count)"""
+REPORT_LEGACY = {"controller": {"replan_slack": 0.005}}
+"""controller settings added after reports were written, with the value that gives the episodes
+those reports measured: evaluation looked for a due re-plan only every step period before
+``replan_slack`` existed, which is the schedule 0.005 gives (the same end time on every seed
+checked); a report without the field is read as having it"""
 
 
 def reusable_report(checkpoint: str, cfg: EvalConfig) -> dict[str, Any] | None:
@@ -521,6 +526,9 @@ def reusable_report(checkpoint: str, cfg: EvalConfig) -> dict[str, Any] | None:
     if not isinstance(report, dict) or report.get("sha256") != sha:
         return None
     old, new = report.get("config"), json.loads(json.dumps(asdict(cfg)))
+    if isinstance(old, dict):
+        old = {**old, **{k: {**legacy, **old[k]} for k, legacy in REPORT_LEGACY.items()
+                         if isinstance(old.get(k), dict)}}
     if not isinstance(old, dict) or \
             any(old.get(k) != new.get(k) for k in set(old) | set(new) if k not in REUSE_RUNTIME):
         return None
