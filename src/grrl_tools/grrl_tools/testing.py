@@ -36,6 +36,10 @@ def isolated_ros_env(ros_home: Path, domain_id: int | None = None) -> dict[str, 
     }
 
 
+GRAPH_WAIT = 60.0
+"""default seconds a test waits for the ROS graph (publishers, subscribers, matches, nodes)"""
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                period: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` naming
@@ -181,22 +185,23 @@ class RosTestNode:
         except (ExternalShutdownException, Exception):  # noqa: BLE001 - shutdown races
             pass
 
-    # --- graph waits
-    def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
+    # --- graph waits: deadlines for discovery, which takes seconds on a loaded machine (one
+    # took over 20 s beside an online run of 2 simulated robots), not races against it
+    def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = GRAPH_WAIT) -> None:
         wait_until(lambda: self.node.count_publishers(topic) >= count, timeout,
                    f"{count} publisher(s) on {topic}")
 
-    def wait_for_subscribers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
+    def wait_for_subscribers(self, topic: str, count: int = 1, timeout: float = GRAPH_WAIT) -> None:
         wait_until(lambda: self.node.count_subscribers(topic) >= count, timeout,
                    f"{count} subscriber(s) on {topic}")
 
-    def wait_for_matched(self, endpoint: Any, count: int = 1, timeout: float = 20.0) -> None:
+    def wait_for_matched(self, endpoint: Any, count: int = 1, timeout: float = GRAPH_WAIT) -> None:
         """A publisher's or subscription's own match count (discovery done both ways)."""
         getter = getattr(endpoint, "get_subscription_count", None) or \
             getattr(endpoint, "get_publisher_count")
         wait_until(lambda: getter() >= count, timeout, f"{count} matched endpoint(s)")
 
-    def wait_for_node(self, fqn: str, timeout: float = 20.0) -> None:
+    def wait_for_node(self, fqn: str, timeout: float = GRAPH_WAIT) -> None:
         def present() -> bool:
             names = self.node.get_node_names_and_namespaces()
             return any((ns.rstrip("/") + "/" + n) == fqn for n, ns in names)
