@@ -80,6 +80,7 @@ def test_an_episode_waits_for_its_controller_to_be_ready(graph, ros_node):
     assert not res.result.success and "no controller announced" in res.result.message
     assert [e.event for e in events] == [EpisodeEvent.EVENT_INVALID]   # no clock ever ran
     ready = ros_node.node.create_publisher(String, "/grrl/controller_ready", READY_QOS)
+    ros_node.wait_for_matched(ready, 1)      # discovery first: the goal waits only 1 s for it
     ready.publish(String(data="/a_controller"))
     res = result_of(send(client, seed=3, time_limit=1.0))
     assert res.result.message.startswith("timeout"), res.result.message
