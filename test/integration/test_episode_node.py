@@ -78,6 +78,7 @@ def test_an_episode_waits_for_its_controller_to_be_ready(graph, ros_node):
     client, events = graph(controller_timeout=1.0)
     res = result_of(send(client, seed=3, time_limit=1.0))
     assert not res.result.success and "no controller announced" in res.result.message
+    wait_until(lambda: len(events) > 0, 60, "the episode's event")   # (may trail the result)
     assert [e.event for e in events] == [EpisodeEvent.EVENT_INVALID]   # no clock ever ran
     ready = ros_node.node.create_publisher(String, "/grrl/controller_ready", READY_QOS)
     ros_node.wait_for_matched(ready, 1)      # discovery first: the goal waits only 1 s for it
