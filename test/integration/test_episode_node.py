@@ -176,3 +176,32 @@ def test_sim_mode_refuses_operator_stage_labels(graph, ros_node):
     assert ros_node.call(label, LabelEpisode.Request(action=LabelEpisode.Request.RETRY)).accepted
     handle.cancel_goal_async()
     result_of(handle)
+
+
+def test_a_held_episode_starts_once_released(start_node, ros_node):
+    """While a live publisher says True on grrl/hold_episodes (the online trainer during its
+    critic warm-up), an accepted goal waits before its reset: no scene, no clock, no event."""
+    from std_msgs.msg import Bool
+
+    from grrl_tools.node_main import HOLD_QOS
+    start_node("bytemini_driver", "driver_node", publish_images=False, autostart=True,
+               real_time_factor=2.0)
+    node = start_node("grrl_trainer", "episode_node", record=False, controller_timeout=0.0)
+    events = ros_node.collect(EpisodeEvent, "/grrl/episode")
+    hold = ros_node.node.create_publisher(Bool, "/grrl/hold_episodes", HOLD_QOS)
+    ros_node.wait_for_matched(hold, 1)
+    hold.publish(Bool(data=True))
+    wait_until(lambda: "new episodes held (grrl/hold_episodes)" in node.output, 60,
+               "the episode node to hear the hold")
+    client = ActionClient(ros_node.node, RunEpisode, "/grrl/run_episode")
+    assert client.wait_for_server(timeout_sec=30)
+    handle = send(client, seed=3, time_limit=1.0)
+    assert handle.accepted
+    wait_until(lambda: "seed 3: waits while new episodes are held" in node.output, 60,
+               "the goal to wait")
+    assert list(events) == []                  # not started: the episode's clock is not running
+    hold.publish(Bool(data=False))
+    res = result_of(handle)
+    assert res.result.message.startswith("timeout"), res.result.message
+    wait_until(lambda: len(events) >= 2, 60, "the episode's events")     # (may trail the result)
+    assert [e.event for e in events] == [EpisodeEvent.EVENT_STARTED, EpisodeEvent.EVENT_ABORTED]

@@ -313,3 +313,56 @@ def test_kill_9_of_the_trainer_node_mid_round_loses_and_doubles_nothing(start_no
         assert buffers.stats()["episodes"] == 2
     finally:
         buffers.close()
+
+
+def test_the_trainer_holds_the_robots_during_its_warm_up(start_node, ros_node, tmp_path):
+    """The warm-up's episodes are in: the trainer holds every robot's new episodes
+    (grrl/hold_episodes True) while it runs the critic warm-up, announces version 2, and
+    releases each robot once its policy node reports that version LOADED (robot1), or after
+    release_timeout without an answer (robot2)."""
+    import torch
+    from std_msgs.msg import Bool
+
+    from grrl_interfaces.msg import CheckpointInfo
+    from grrl_tools.node_main import HOLD_QOS
+    from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
+
+    policy = small_checkpoint(tmp_path / "bc")
+    run = tmp_path / "online"
+    params = dict(episodes_per_round=2, updates_per_round=1, batch_size=16, warmup_episodes=2,
+                  warmup_updates=2)
+    rng = np.random.default_rng(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        core = OnlineTrainer(policy, run, OnlineConfig(**params))
+        for i in range(2):
+            core.add(synthetic_episode(i, rng))
+        assert core.due() == "warm-up"
+        core.close()
+    finally:
+        torch.set_num_threads(threads)
+    holds = {ns: ros_node.collect(Bool, f"/{ns}/grrl/hold_episodes", HOLD_QOS)
+             for ns in ("robot1", "robot2")}
+    announced = ros_node.collect(CheckpointInfo, "/robot1/grrl/checkpoint", latched())
+    status = ros_node.node.create_publisher(CheckpointInfo, "/robot1/grrl/checkpoint_status",
+                                            latched())
+    trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
+                         namespaces=["robot1", "robot2"], release_timeout=20.0, **params)
+    ros_node.wait_for_matched(status, 1)      # (before the announcement starts its timer)
+    said(trainer, "held during the warm-up updates", 90)
+
+    def last(ns: str):
+        return [m.data for m in list(holds[ns])][-1:]
+    for ns in ("robot1", "robot2"):
+        wait_until(lambda n=ns: last(n) == [True], 60, f"{ns} held")
+    ann = wait_until(lambda: next(iter(list(announced)), None), ROUND_S, "version 2 announced")
+    assert ann.version == 2
+    status.publish(CheckpointInfo(status=CheckpointInfo.STATUS_LOADED, version=2,
+                                  path=ann.path, sha256=ann.sha256))
+    said(trainer, "robot 'robot1': new episodes released (its policy node answered on version 2)")
+    wait_until(lambda: last("robot1") == [False], 60, "robot1 released")
+    assert last("robot2") == [True]                      # no answer yet: still held
+    said(trainer, "robot 'robot2': new episodes released (no LOADED answer within 20 s)", 120)
+    wait_until(lambda: last("robot2") == [False], 60, "robot2 released")
+    assert [m.data for m in list(holds["robot1"])][-2:] == [True, False]

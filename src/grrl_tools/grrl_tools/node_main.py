@@ -32,6 +32,13 @@ READY_TOPIC = "grrl/controller_ready"
 READY_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                        reliability=ReliabilityPolicy.RELIABLE)
 
+HOLD_TOPIC = "grrl/hold_episodes"
+"""std_msgs/Bool (latched): True while whoever publishes it (the online trainer, during its
+critic warm-up updates) asks that no new episode start; an episode node waits before its next
+reset while a live publisher says True"""
+HOLD_QOS = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                      reliability=ReliabilityPolicy.RELIABLE)
+
 
 def announce_ready(node: Node):
     """Publish ``node``'s name on :data:`READY_TOPIC` (latched); returns the publisher, which

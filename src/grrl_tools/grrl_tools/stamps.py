@@ -2,9 +2,13 @@
 stamps are matched exactly as integer nanoseconds, floats are rounded to the nearest one."""
 from __future__ import annotations
 
+import struct
+
 from builtin_interfaces.msg import Duration, Time
 
 _NS = 1_000_000_000
+_HEADER = struct.Struct("<iI")      # builtin_interfaces/Time in little-endian CDR
+_HEADER_BE = struct.Struct(">iI")
 
 
 def stamp_ns(stamp) -> int:
@@ -31,3 +35,13 @@ def duration_msg(seconds: float) -> Duration:
     durations become 0: a trajectory point is never in the past)."""
     ns = max(round(seconds * 1e9), 0)
     return Duration(sec=ns // _NS, nanosec=ns % _NS)
+
+
+def header_stamp_ns(cdr: bytes) -> int | None:
+    """Integer nanoseconds of the ``std_msgs/Header`` stamp that opens a CDR-serialised message
+    (its first field), read without deserialising the rest (a 50 Hz recorder needs only the
+    stamp); None when ``cdr`` is too short or not plain CDR."""
+    if len(cdr) < 12 or cdr[0] != 0 or cdr[1] not in (0, 1):
+        return None
+    sec, nanosec = _HEADER.unpack_from(cdr, 4) if cdr[1] == 1 else _HEADER_BE.unpack_from(cdr, 4)
+    return sec * _NS + nanosec

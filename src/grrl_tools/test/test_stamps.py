@@ -24,3 +24,19 @@ def test_negative_times_are_refused_and_durations_clamped():
         time_msg(-0.5)
     assert stamp_ns(duration_msg(-0.5)) == 0
     assert (duration_msg(1.25).sec, duration_msg(1.25).nanosec) == (1, 250_000_000)
+
+
+def test_the_header_stamp_is_read_from_serialised_messages_without_deserialising():
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+
+    from grrl_interfaces.msg import TaskState
+    from grrl_tools.stamps import header_stamp_ns
+    for msg in (JointState(), TaskState()):
+        msg.header.stamp = time_msg(40.06)
+        msg.header.frame_id = "world"
+        assert header_stamp_ns(serialize_message(msg)) == 40_060_000_000
+    big = b"\x00\x00\x00\x00" + (3).to_bytes(4, "big") + (5).to_bytes(4, "big")
+    assert header_stamp_ns(big) == 3_000_000_005                 # big-endian CDR
+    for bad in (b"", b"\x00\x01\x00\x00\x01", b"\x07\x01\x00\x00" + bytes(8)):
+        assert header_stamp_ns(bad) is None

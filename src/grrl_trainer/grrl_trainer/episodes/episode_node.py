@@ -26,12 +26,12 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from builtin_interfaces.msg import Time as TimeMsg
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from grrl_tools.config_cli import declare_parameters, from_parameters
 from grrl_tools.lockstep import SCENE_START, STEP_ACK_TOPIC, TASK_STATE_QOS
-from grrl_tools.node_main import READY_QOS, READY_TOPIC, run_node
-from grrl_tools.stamps import stamp_ns, stamp_s, time_msg
+from grrl_tools.node_main import HOLD_QOS, HOLD_TOPIC, READY_QOS, READY_TOPIC, run_node
+from grrl_tools.stamps import header_stamp_ns, stamp_ns, stamp_s, time_msg
 from grrl_interfaces.action import RunEpisode
 from grrl_interfaces.msg import EpisodeEvent, TaskProgress, TaskState
 from grrl_interfaces.srv import LabelEpisode, ResetScene
@@ -111,6 +111,12 @@ class EpisodeNodeConfig:
     (bytemini/sim/step_ack) before resetting without holding the scene at t = 0 (once per
     controller: one without them is remembered); on a loaded CI machine their publisher was
     discovered 2.3 s after the announcement, the scene ran free and the episode differed"""
+    end_state_timeout: float = 2.0
+    """wall seconds an ended episode's record waits for the joint and task state stamped with
+    the end (they can trail the state that ended it) before it closes"""
+    hold_timeout: float = 0.0
+    """wall seconds a goal waits while a trainer holds new episodes (grrl/hold_episodes: True
+    during its critic warm-up) before the episode is invalid; 0: as long as it holds"""
     stage_source: str = "sim"
     """where stages come from: 'sim' (the simulator's task state) or 'operator' (labels)"""
 
@@ -153,6 +159,8 @@ class EpisodeNode(Node):
         self.create_subscription(TaskProgress, "grrl/progress", self.on_progress, 50,
                                  callback_group=group)
         self.recorder: EpisodeRecorder | None = None
+        self.recorded_until: dict[str, int] = {}
+        """relative topic -> newest header stamp (ns) recorded of the scene-start topics"""
         self.typestore = typestore_with_custom_types()
         # Recording subscriptions live on a second node with its own single-threaded
         # executor: rclpy's multi-threaded executor cannot keep up with 50 Hz x 7 topics
@@ -171,6 +179,9 @@ class EpisodeNode(Node):
         """ready controllers seen without lock-step answers"""
         self.create_subscription(String, READY_TOPIC, lambda m: self.ready_controllers.add(m.data),
                                  READY_QOS, callback_group=group)
+        self.held = False
+        """the newest word on grrl/hold_episodes"""
+        self.create_subscription(Bool, HOLD_TOPIC, self.on_hold, HOLD_QOS, callback_group=group)
         self.create_service(LabelEpisode, "grrl/label_episode", self.on_label,
                             callback_group=group)
         self.busy = threading.Lock()
@@ -314,7 +325,26 @@ class EpisodeNode(Node):
             return
         if "image" in topic and not self.cfg.record_images:
             return
+        if topic in SCENE_START_TOPICS:
+            stamp = header_stamp_ns(data)
+            if stamp is not None:
+                self.recorded_until[topic] = max(self.recorded_until.get(topic, -1), stamp)
         rec.write(self.resolve_topic_name(topic), data, time.time_ns())
+
+    def _await_end_states(self, end_ns: int) -> None:
+        """Wait (up to ``end_state_timeout``) until the record holds the joint and task state
+        of the episode's end: they reach the recorder's executor after the task state that
+        ended the episode reached this loop, and a record closed before them has no
+        observation for its last decision (an online episode is then quarantined)."""
+        deadline = time.monotonic() + self.cfg.end_state_timeout
+        while any(self.recorded_until.get(t, -1) < end_ns for t in SCENE_START_TOPICS):
+            if self.stopping or time.monotonic() > deadline:
+                self.get_logger().warn(
+                    f"the record closes without the joint and task state of the episode's end "
+                    f"(t = {end_ns * 1e-9:.3f} s; recorded up to "
+                    f"{ {t: v * 1e-9 for t, v in self.recorded_until.items()} })")
+                return
+            time.sleep(0.005)
 
     def _keep_scene_start(self, topic: str, data: bytes) -> None:
         """Between records: keep the newest message of ``topic`` stamped SCENE_START."""
@@ -336,6 +366,7 @@ class EpisodeNode(Node):
         rec = EpisodeRecorder(path, topics, self.typestore)
         with self.scene_start_lock:
             kept, self.scene_start = self.scene_start, {}
+            self.recorded_until = {}
             for topic, (data, t_ns) in kept.items():
                 rec.write(self.resolve_topic_name(topic), data, t_ns)
             self.recorder = rec      # (under the lock: nothing kept is written twice or lost)
@@ -380,6 +411,30 @@ class EpisodeNode(Node):
         with self.task_lock:
             stamp = self.sim_stamp
         return stamp if stamp is not None else TimeMsg()
+
+    def on_hold(self, msg: Bool) -> None:
+        if bool(msg.data) != self.held:
+            self.get_logger().info("new episodes held (grrl/hold_episodes)" if msg.data else
+                                   "new episodes released (grrl/hold_episodes)")
+        self.held = bool(msg.data)
+
+    def _wait_for_release(self, handle) -> str:
+        """'' once no live publisher holds new episodes on grrl/hold_episodes, else why not.
+        The online trainer holds them during its critic warm-up updates, so that the robots
+        do not act on with the offline version meanwhile (the in-process recipe's warm-up)."""
+        topic = self.resolve_topic_name(HOLD_TOPIC)
+        wait = self.cfg.hold_timeout
+        deadline = time.monotonic() + wait
+        if self.held and self.count_publishers(topic):
+            self.get_logger().info(f"seed {handle.request.seed}: waits while new episodes are "
+                                   f"held on {topic}")
+        while self.held and self.count_publishers(topic):
+            if self.stopping or handle.is_cancel_requested:
+                return "cancelled while new episodes were held"
+            if wait > 0 and time.monotonic() > deadline:
+                return f"new episodes were held on {topic} for more than {wait:.0f} s"
+            time.sleep(0.05)
+        return ""
 
     def _wait_for_controller(self) -> str:
         """'' once a live controller has announced that it can act, else why not."""
@@ -477,7 +532,7 @@ class EpisodeNode(Node):
             prev_scene = self.task.scene_seq if self.task is not None else -1
         with self.scene_start_lock:
             self.scene_start = {}     # a previous scene's start is not this one's
-        reset = self._reset(goal)
+        reset = self._wait_for_release(handle) or self._reset(goal)
         if isinstance(reset, str):
             self.get_logger().error(reset)
             mon.finish(INVALID, reset)
@@ -574,6 +629,8 @@ class EpisodeNode(Node):
         end = time_msg(mon.end_time) if self.source == "sim" and \
             mon.end_time is not None else None
         if rec is not None:
+            if end is not None:
+                self._await_end_states(stamp_ns(end))
             events_topic = self.resolve_topic_name("grrl/episode")
             before = rec.counts[events_topic]
             self._event(mon, event, goal, goal.seed, instruction, record_path, stamp=end)

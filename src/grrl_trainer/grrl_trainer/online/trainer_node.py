@@ -25,6 +25,12 @@ Learner, buffers and round state survive a restart (``run_dir/online_state.pt`` 
 per episode and its moving average (``window``) go to ``run_dir/online.csv``, TensorBoard
 (``run_dir/tb``) and ``run_dir/online.png`` (after each round).
 
+While it runs the critic warm-up updates (``hold_robots``: 'warm-up'; 'rounds': every round;
+'never') it asks every robot to start no new episode (latched ``<ns>/grrl/hold_episodes``,
+True), and releases each robot once its policy node reports the new version LOADED (or
+``release_timeout`` passed), so the warm-up holds the offline version's episodes it asked for
+and the first steered episodes act with the new version (grrl-online's order).
+
 With ``max_episodes_per_robot`` > 0 the node exits once every namespace has had that many
 episode ends handled (a finished online session: ``launch/online.launch.xml`` makes the
 trainer its required process).
@@ -43,7 +49,8 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from grrl_tools.node_main import run_node
+from grrl_tools.node_main import HOLD_QOS, HOLD_TOPIC, run_node
+from std_msgs.msg import Bool
 from grrl_interfaces.msg import CheckpointInfo, EpisodeEvent
 from grrl_policy.checkpoint import CheckpointError
 from grrl_tools.config_cli import declare_parameters, from_parameters
@@ -85,12 +92,21 @@ class TrainerNodeConfig:
     """> 0: exit once every robot had this many episode ends"""
     threads: int = 1
     """torch CPU threads of the learner"""
+    hold_robots: str = "warm-up"
+    """when the robots' new episodes wait for the learner (grrl/hold_episodes): 'warm-up'
+    during the critic warm-up updates (else the robots act on with the offline version, and
+    those episodes join the warm-up: 111 instead of 48 in the first graph run), 'rounds' during
+    every update round too (synchronous, as grrl-online), 'never' (fully asynchronous)"""
+    release_timeout: float = 10.0
+    """wall seconds after an announcement a held robot waits for its policy node to report
+    the new version LOADED (or REFUSED) before its episodes are released anyway"""
     online: OnlineConfig = field(default_factory=lambda: OnlineConfig(warmup_episodes=0))
     """the learner and its schedule; through the graph the warm-up is off by default (the
     robots' first episodes are on-policy data of the offline version)"""
 
 
 PARAMETER_FLATTEN = ("online",)
+HOLD_MODES = ("never", "warm-up", "rounds")
 
 
 class TrainerNode(Node):
@@ -108,6 +124,11 @@ class TrainerNode(Node):
         self.step_period = node_cfg.step_period
         self.record_timeout = node_cfg.record_timeout
         self.max_episodes = node_cfg.max_episodes_per_robot
+        if node_cfg.hold_robots not in HOLD_MODES:
+            raise ValueError(f"hold_robots must be one of {HOLD_MODES}, got "
+                             f"{node_cfg.hold_robots!r}")
+        self.hold_robots = node_cfg.hold_robots
+        self.release_timeout = node_cfg.release_timeout
         self.core = OnlineTrainer(policy, run_dir, self.cfg)
         self.namespaces = list(dict.fromkeys(str(n) for n in node_cfg.namespaces)) or [""]
         self.handled: set[str] = set()        # episode ids whose end was taken this session
@@ -117,9 +138,15 @@ class TrainerNode(Node):
         self.queued = 0                       # jobs submitted to the worker, not finished
         self.destroyed = False
         self.done = self.create_guard_condition(self._on_done)
+        self.timers_guard = self.create_guard_condition(self._start_release_timer)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self.pub_ckpt = {}
+        self.pub_hold = {}
+        self.held: dict[str, int] = {}        # held namespace -> version it waits for (0: none)
+        self.release_timer = None
         for ns in self.namespaces:
+            self.pub_hold[ns] = self.create_publisher(Bool, topic(ns, HOLD_TOPIC), HOLD_QOS)
+            self.pub_hold[ns].publish(Bool(data=False))
             self.create_subscription(EpisodeEvent, topic(ns, "grrl/episode"),
                                      lambda msg, n=ns: self.on_event(n, msg), EVENTS_QOS)
             self.create_subscription(CheckpointInfo, topic(ns, "grrl/checkpoint_status"),
@@ -152,6 +179,11 @@ class TrainerNode(Node):
 
     def on_status(self, ns: str, msg: CheckpointInfo) -> None:
         who = f"robot {ns!r}" if ns else "the policy node"
+        if msg.status in (CheckpointInfo.STATUS_LOADED, CheckpointInfo.STATUS_REFUSED):
+            with self.lock:
+                waits = self.held.get(ns)
+            if waits and msg.version >= waits:
+                self.release([ns], f"its policy node answered on version {msg.version}")
         if msg.status == CheckpointInfo.STATUS_LOADED:
             self.get_logger().info(f"{who} LOADED checkpoint version {msg.version} ({msg.path})")
         elif msg.status == CheckpointInfo.STATUS_REFUSED:
@@ -237,8 +269,11 @@ class TrainerNode(Node):
             updates = self.cfg.warmup_updates if kind == "warm-up" else self.cfg.updates_per_round
             self.get_logger().info(f"{kind}: {updates} updates on "
                                    f"{self.core.buffers.stats()['transitions']} transitions")
+            if (kind == "warm-up" and self.hold_robots != "never") or self.hold_robots == "rounds":
+                self.hold(kind)
             res = self.core.run_due()
             if res is None:
+                self.release(list(self.namespaces), "no round ran")
                 break
             m = {k: res["metrics"].get(k, float("nan"))
                  for k in ("critic_loss", "q_mean", "eps_norm_mean")}
@@ -246,7 +281,45 @@ class TrainerNode(Node):
                 f"{res['kind']} done in {res['wall_s']:.1f} s: version {res['version']} "
                 f"({res['episodes']} new episodes; critic loss {m['critic_loss']:.4f}, q mean "
                 f"{m['q_mean']:.3f}, eps norm {m['eps_norm_mean']:.2f}) -> {res['path']}")
+            with self.lock:         # (before the announcement: its answer may come at once)
+                for ns in self.held:
+                    self.held[ns] = res["version"]
             self.announce(res["path"], res["version"], res["sha256"], f"{res['kind']} done")
+            if self.held:           # each robot goes on once it runs the new version
+                self.timers_guard.trigger()
+
+    # ---------------------------------------------------------------- holding the robots
+    def hold(self, why: str) -> None:
+        """Ask every robot's episode node to start no new episode (grrl/hold_episodes)."""
+        with self.lock:
+            self.held = {ns: 0 for ns in self.namespaces}
+        for pub in self.pub_hold.values():
+            pub.publish(Bool(data=True))
+        self.get_logger().info(f"new episodes of {len(self.pub_hold)} robot(s) held during the "
+                               f"{why} updates")
+
+    def release(self, namespaces: list[str], why: str) -> None:
+        with self.lock:
+            gone = [ns for ns in namespaces if self.held.pop(ns, None) is not None]
+        for ns in gone:
+            self.pub_hold[ns].publish(Bool(data=False))
+            self.get_logger().info(f"robot {ns!r}: new episodes released ({why})")
+
+    def _start_release_timer(self) -> None:
+        """(executor) release whoever has not answered the announcement within
+        ``release_timeout``: a robot without a policy node must not wait for ever."""
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.destroy_timer(self.release_timer)
+
+        def fire() -> None:
+            self.release_timer.cancel()
+            with self.lock:
+                late = list(self.held)
+            if late:
+                self.release(late, f"no LOADED answer within {self.release_timeout:.0f} s")
+
+        self.release_timer = self.create_timer(self.release_timeout, fire)
 
     def announce(self, path: str, version: int, sha256: str, why: str) -> None:
         msg = CheckpointInfo(status=CheckpointInfo.STATUS_ANNOUNCED, path=str(path),
