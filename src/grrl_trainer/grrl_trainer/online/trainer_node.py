@@ -271,7 +271,11 @@ class TrainerNode(Node):
                                    f"{self.core.buffers.stats()['transitions']} transitions")
             if (kind == "warm-up" and self.hold_robots != "never") or self.hold_robots == "rounds":
                 self.hold(kind)
-            res = self.core.run_due()
+            try:
+                res = self.core.run_due()
+            except BaseException:
+                self.release(list(self.namespaces), "the round failed")   # never held for ever
+                raise
             if res is None:
                 self.release(list(self.namespaces), "no round ran")
                 break
