@@ -268,30 +268,37 @@ def synthetic_episode(i: int, rng, version: int = 1):
         done=np.arange(n) == n - 1, offset=np.full(n, 8))
 
 
-def test_kill_9_of_the_trainer_node_mid_round_loses_and_doubles_nothing(start_node, tmp_path):
-    """Two stored episodes make a round due; the node starts it, is SIGKILLed in the middle,
-    and a restarted node runs the round again from the saved state: version 2 once, each
-    episode counted once, the buffers intact."""
+def stored_run(policy: Path, run: Path, params: dict, seed: int) -> str:
+    """A run directory holding two synthetic episodes (stored through the core, one torch
+    thread); returns what is due."""
     import torch
 
-    from grrl_policy.checkpoint import load_checkpoint
     from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
-    from grrl_trainer.online.replay import ReplayBuffers
-
-    policy = small_checkpoint(tmp_path / "bc")
-    run = tmp_path / "online"
-    params = dict(episodes_per_round=2, updates_per_round=1000, batch_size=16, warmup_episodes=0)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         core = OnlineTrainer(policy, run, OnlineConfig(**params))
         for i in range(2):
             core.add(synthetic_episode(i, rng))
-        assert core.due() == "round"
+        due = core.due()
         core.close()
     finally:
         torch.set_num_threads(threads)
+    return due
+
+
+def test_kill_9_of_the_trainer_node_mid_round_loses_and_doubles_nothing(start_node, tmp_path):
+    """Two stored episodes make a round due; the node starts it, is SIGKILLed in the middle,
+    and a restarted node runs the round again from the saved state: version 2 once, each
+    episode counted once, the buffers intact."""
+    from grrl_policy.checkpoint import load_checkpoint
+    from grrl_trainer.online.replay import ReplayBuffers
+
+    policy = small_checkpoint(tmp_path / "bc")
+    run = tmp_path / "online"
+    params = dict(episodes_per_round=2, updates_per_round=1000, batch_size=16, warmup_episodes=0)
+    assert stored_run(policy, run, params, seed=1) == "round"
     trainer = start_node("grrl_trainer", "trainer_node", policy=str(policy), run_dir=str(run),
                          **params)
     said(trainer, "round: 1000 updates on", 90)
@@ -320,28 +327,16 @@ def test_the_trainer_holds_the_robots_during_its_warm_up(start_node, ros_node, t
     (grrl/hold_episodes True) while it runs the critic warm-up, announces version 2, and
     releases each robot once its policy node reports that version LOADED (robot1), or after
     release_timeout without an answer (robot2)."""
-    import torch
     from std_msgs.msg import Bool
 
     from grrl_interfaces.msg import CheckpointInfo
     from grrl_tools.node_main import HOLD_QOS
-    from grrl_trainer.online.trainer import OnlineTrainer, OnlineConfig
 
     policy = small_checkpoint(tmp_path / "bc")
     run = tmp_path / "online"
     params = dict(episodes_per_round=2, updates_per_round=1, batch_size=16, warmup_episodes=2,
                   warmup_updates=2)
-    rng = np.random.default_rng(2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        core = OnlineTrainer(policy, run, OnlineConfig(**params))
-        for i in range(2):
-            core.add(synthetic_episode(i, rng))
-        assert core.due() == "warm-up"
-        core.close()
-    finally:
-        torch.set_num_threads(threads)
+    assert stored_run(policy, run, params, seed=2) == "warm-up"
     holds = {ns: ros_node.collect(Bool, f"/{ns}/grrl/hold_episodes", HOLD_QOS)
              for ns in ("robot1", "robot2")}
     announced = ros_node.collect(CheckpointInfo, "/robot1/grrl/checkpoint", latched())
