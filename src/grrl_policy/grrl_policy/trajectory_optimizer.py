@@ -17,6 +17,7 @@ around a millisecond.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,12 @@ class JerkLimitedOptimizer:
             cj @ self._DjS).ravel()
         self._solver.update(q=q, l=lo, u=hi)
         res = self._solver.solve()
+        if res.info.status_val == osqp.SolverStatus.OSQP_SIGINT:
+            # OSQP's build replaces the SIGINT handler while it solves and only stops the
+            # solve: hand the Ctrl-C on to the process's own handler (a node's stop signal,
+            # Python's KeyboardInterrupt), or a node stopped mid-solve never learns of it
+            signal.raise_signal(signal.SIGINT)
+            raise TrajectoryOptimizerError("OSQP: interrupted by SIGINT")
         if res.info.status not in ("solved", "solved inaccurate") or res.x is None \
                 or not np.all(np.isfinite(res.x)):
             raise TrajectoryOptimizerError(f"OSQP: {res.info.status}")

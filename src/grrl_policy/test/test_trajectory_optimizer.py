@@ -66,3 +66,26 @@ def test_bad_input_is_refused(opt):
         opt.solve(bad, np.zeros(D))
     with pytest.raises(TrajectoryOptimizerError, match="splice"):
         opt.solve(np.zeros((K, D)), np.array([0.0, np.inf, 0.0]))
+
+
+def test_a_ctrl_c_during_a_solve_reaches_the_process_handler():
+    """OSQP's build swaps in its own SIGINT handler while it solves and only stops the solve;
+    the optimizer must hand the signal on (a node's stop signal would otherwise never see a
+    Ctrl-C that lands mid-solve, and the node would run on) and not return a trajectory."""
+    import signal
+    from types import SimpleNamespace
+
+    import osqp
+
+    opt = JerkLimitedOptimizer(K, DT, LO, HI, VMAX, AMAX, JMAX)
+    interrupted = SimpleNamespace(info=SimpleNamespace(
+        status_val=osqp.SolverStatus.OSQP_SIGINT, status="interrupted"), x=None)
+    opt._solver = SimpleNamespace(update=lambda **_: None, solve=lambda: interrupted)
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(TrajectoryOptimizerError, match="interrupted"):
+            opt.solve(np.zeros((K, D)), np.zeros(D))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIGINT]
